@@ -1,0 +1,3 @@
+from vitsam.cli import main
+
+raise SystemExit(main())

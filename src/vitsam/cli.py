@@ -1,0 +1,239 @@
+"""The `vitsam` command: parses, calls the library, prints. `main(argv) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from vitsam.errors import VitsamError
+
+log = logging.getLogger("vitsam")
+
+
+# --- config flags ----------------------------------------------------------------------
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig / ModelConfig field, e.g. --epochs, --depth, --no-flip."""
+    from vitsam.vit.config import ModelConfig, TrainConfig
+
+    for cls, title in ((TrainConfig, "training"), (ModelConfig, "model")):
+        group = p.add_argument_group(f"{title} fields (override the preset)")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "model":
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            kind = hints[f.name]
+            if kind is bool:
+                group.add_argument(
+                    flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+                )
+            elif f.name == "betas":
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    default=None,
+                    metavar="B1,B2",
+                    type=lambda s: tuple(float(v) for v in s.split(",")),
+                )
+            else:
+                group.add_argument(
+                    flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper()
+                )
+
+
+def _config_from_args(args: argparse.Namespace):
+    from vitsam.vit.config import ModelConfig, preset
+
+    cfg = preset(args.preset)
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for f in dataclasses.fields(type(cfg)):
+        if f.name != "model" and getattr(args, f.name, None) is not None:
+            setattr(cfg, f.name, getattr(args, f.name))
+    overrides = {k: getattr(args, k) for k in model_fields if getattr(args, k, None) is not None}
+    cfg.model = dataclasses.replace(cfg.model, **overrides)
+    return cfg
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vitsam.vit import train as training
+    from vitsam.vit.config import to_json
+
+    if args.resume:
+        fields = ("device", "precision", "workers", "compile", "epochs")
+        overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+        history = training.resume(args.resume, progress=not args.quiet, **overrides)
+        out = args.resume
+    else:
+        cfg = _config_from_args(args)
+        if args.print_config:
+            print(to_json(cfg))
+            return 0
+        history = training.train(cfg, progress=not args.quiet)
+        out = cfg.out
+    if history:
+        best = max(r["test_acc"] for r in history)
+        last = history[-1]
+        print(
+            f"done: {last['epoch']} epochs, final test accuracy {last['test_acc']:.4f}, "
+            f"best {best:.4f}; run directory {out}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vitsam.devices import resolve_device, resolve_precision
+    from vitsam.vit.data import load_dataset
+    from vitsam.vit.evaluate import checkpoint_path, confusion_matrix, evaluate, load_classifier
+    from vitsam.vit.loaders import Normalize
+    from vitsam.vit.plots import plot_confusion
+
+    path = checkpoint_path(args.checkpoint)
+    clf = load_classifier(path)
+    cfg = clf.meta["config"]
+    dataset = args.dataset or cfg["dataset"]
+    _, test = load_dataset(dataset, args.data_dir or cfg["data_dir"], clf.image_size)
+    if test.classes != clf.classes:
+        raise VitsamError(
+            f"{dataset}: its classes {test.classes[:5]}... differ from the model's "
+            f"{clf.classes[:5]}...: evaluate on a dataset with the same classes"
+        )
+    if tuple(test.images.shape[1:]) != (clf.channels, clf.image_size, clf.image_size):
+        raise VitsamError(
+            f"{dataset}: images are {tuple(test.images.shape[1:])} but the model takes "
+            f"{(clf.channels, clf.image_size, clf.image_size)}"
+        )
+    device = resolve_device(args.device)
+    clf.to(device)
+    result = evaluate(
+        clf.model,
+        test,
+        Normalize(clf.mean, clf.std, device),
+        device,
+        resolve_precision(args.precision, device),
+        tta_flip=args.tta_flip,
+    )
+    k = len(clf.classes)
+    cm = confusion_matrix(result.predictions, result.labels, k)
+    per_class = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
+    out = Path(args.out) if args.out else path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": str(path),
+        "dataset": dataset,
+        "images": len(test),
+        "top1": result.accuracy,
+        "loss": result.loss,
+        "classes": clf.classes,
+        "per_class_accuracy": dict(zip(clf.classes, per_class)),
+        "confusion_matrix": cm.tolist(),
+    }
+    (out / "confusion.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_confusion(
+        cm, clf.classes, out / "confusion.png", title=f"{dataset}: top-1 {result.accuracy:.2%}"
+    )
+    print(f"top-1 accuracy: {result.accuracy:.4f} on {len(test)} images of {dataset}")
+    width = max(len(c) for c in clf.classes)
+    for c, a in zip(clf.classes, per_class):
+        print(f"  {c:<{width}}  {a:.4f}")
+    print(f"confusion matrix: {out / 'confusion.png'} and {out / 'confusion.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vitsam.devices import resolve_device
+    from vitsam.images import open_image
+    from vitsam.vit.evaluate import load_classifier
+
+    clf = load_classifier(args.checkpoint).to(resolve_device(args.device))
+    results, failed = [], 0
+    for name in args.images:
+        try:
+            image = open_image(name)
+        except VitsamError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        top = clf.predict([image], top_k=args.top_k)[0]
+        results.append(
+            {"image": name, "predictions": [{"label": c, "probability": p} for c, p in top]}
+        )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            best = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in r["predictions"])
+            print(f"{r['image']}: {best}")
+    return 1 if failed else 0
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vitsam import __version__
+    from vitsam.devices import DEVICES, PRECISIONS
+    from vitsam.vit.config import PRESETS
+
+    parser = argparse.ArgumentParser(prog="vitsam", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vitsam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a ViT classifier")
+    p.add_argument("--preset", default="seed", choices=list(PRESETS), help="recipe to start from")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a stopped run from RUN_DIR/last.pt"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CKPT")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the one trained on)")
+    p.add_argument("--data-dir", default="")
+    p.add_argument(
+        "--out", help="where to write confusion.png/json (default: beside the checkpoint)"
+    )
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k labels for image files")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CKPT")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """vitsam: train and use a Vision Transformer; segment images from text prompts."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except VitsamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

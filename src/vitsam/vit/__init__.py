@@ -1,0 +1,1 @@
+"""Half one: a Vision Transformer classifier trained from scratch."""

@@ -1,0 +1,146 @@
+"""Evaluation and prediction with a trained ViT; checkpoints read back into ready models."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vitsam.errors import VitsamError
+from vitsam.vit.config import from_dict
+from vitsam.vit.data import ArrayDataset
+from vitsam.vit.loaders import Normalize, eval_batches
+from vitsam.vit.model import ViT
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean cross-entropy
+    accuracy: float  # top-1, in [0, 1]
+    predictions: torch.Tensor  # (N,) int64, on the CPU
+    labels: torch.Tensor  # (N,) int64, on the CPU
+
+
+@torch.no_grad()
+def logits_of(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    out = model(x).float()
+    if tta_flip:
+        out = (out + model(x.flip(3)).float()) / 2
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    data: ArrayDataset,
+    normalize: Normalize,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    tta_flip: bool = False,
+    batch_size: int = 1000,
+) -> EvalResult:
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=device)
+    preds = []
+    with autocast(device, dtype):
+        for x, y in eval_batches(data, normalize, device, batch_size):
+            logits = logits_of(model, x, tta_flip)
+            loss += F.cross_entropy(logits, y, reduction="sum")
+            preds.append(logits.argmax(1))
+    model.train(was_training)
+    predictions = torch.cat(preds).cpu()
+    acc = (predictions == data.labels).float().mean().item()
+    return EvalResult(loss.item() / len(data), acc, predictions, data.labels)
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, k) counts: row = true class, column = predicted class."""
+    return torch.bincount(labels * k + predictions, minlength=k * k).view(k, k)
+
+
+@dataclass
+class Classifier:
+    """A trained model with what it needs to read images: classes and normalisation."""
+
+    model: ViT
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    meta: dict  # the rest of the checkpoint: config, epoch, test accuracy
+
+    @property
+    def image_size(self) -> int:
+        return self.model.cfg.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.model.cfg.channels
+
+    def to(self, device: torch.device) -> Classifier:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: list, top_k: int = 5, device: torch.device | None = None):
+        """PIL images of any size and mode -> per image a list of (class, probability)."""
+        import numpy as np
+
+        device = device or next(self.model.parameters()).device
+        mode = "L" if self.channels == 1 else "RGB"
+        size = (self.image_size, self.image_size)
+        arrays = [np.asarray(im.convert(mode).resize(size, 3), dtype=np.uint8) for im in images]
+        x = torch.from_numpy(np.stack(arrays)).reshape(len(arrays), *size, self.channels)
+        x = Normalize(self.mean, self.std, device)(x.permute(0, 3, 1, 2).to(device))
+        self.model.eval()
+        probs = logits_of(self.model, x).softmax(1).cpu()
+        k = min(top_k, len(self.classes))
+        top = probs.topk(k, dim=1)
+        return [
+            [(self.classes[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
+            for ps, idx in zip(top.values, top.indices)
+        ]
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A run directory means its best.pt (or last.pt); a file is taken as it is."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                return path / name
+        raise VitsamError(f"{path}: no best.pt or last.pt in this run directory: train first")
+    if not path.exists():
+        raise VitsamError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = checkpoint_path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise VitsamError(
+            f"{path}: not a readable vitsam checkpoint ({type(e).__name__})"
+        ) from None
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    ckpt = read_checkpoint(path)
+    try:
+        cfg = from_dict(ckpt["config"])
+        model = ViT(cfg.model)
+        model.load_state_dict(ckpt["weights"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise VitsamError(f"{path}: checkpoint does not match a vitsam ViT ({e})") from None
+    meta = {k: v for k, v in ckpt.items() if k not in ("weights",)}
+    return Classifier(model.eval(), list(ckpt["classes"]), ckpt["mean"], ckpt["std"], meta)

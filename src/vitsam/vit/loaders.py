@@ -1,0 +1,157 @@
+"""Feeding an ArrayDataset to training: on the device with batched augmentation, or the
+textbook way (per-image torchvision transforms in DataLoader workers).
+
+Both yield `(x, y)`: x normalised float (B, C, H, W) on the training device, y int64 (B,).
+MixUp/CutMix come after, in the training loop, for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from vitsam.vit import augment
+from vitsam.vit.config import TrainConfig
+from vitsam.vit.data import ArrayDataset
+
+
+class Normalize:
+    """uint8 or [0, 1] float (B, C, H, W) -> zero mean, unit std per channel."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device) -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return (x - self.mean) / self.std
+
+
+class DeviceLoader:
+    """The whole uint8 dataset on the device; batches are augmented with tensor ops.
+
+    Each epoch visits every example once in a fresh random order (the last partial batch
+    is dropped when `drop_last`). Randomness comes from `gen`, a generator on `device`.
+    """
+
+    def __init__(
+        self,
+        data: ArrayDataset,
+        cfg: TrainConfig,
+        normalize: Normalize,
+        device: torch.device,
+        gen: torch.Generator,
+        train: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.cfg, self.normalize, self.gen = cfg, normalize, gen
+        self.train, self.drop_last = train, drop_last
+        self.batch_size = cfg.batch_size
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> augmented, normalised float batch."""
+        cfg, gen = self.cfg, self.gen
+        x = augment.crop_flip(x, cfg.crop_padding, cfg.flip, gen).float().div_(255)
+        if cfg.policy == "randaugment":
+            x = augment.randaugment(x, cfg.randaug_ops, cfg.randaug_magnitude, gen)
+        elif cfg.policy == "autoaugment":
+            x = augment.autoaugment(x, gen)
+        x = self.normalize(x)
+        if cfg.erasing > 0:
+            x = augment.random_erasing(x, cfg.erasing, gen)
+        return x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.gen, device=self.gen.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.augment(self.images[idx]), self.labels[idx]
+
+
+class _TransformDataset(torch.utils.data.Dataset):
+    def __init__(self, data: ArrayDataset, transform) -> None:
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.data.images[i]), int(self.data.labels[i])
+
+
+def textbook_transform(cfg: TrainConfig, mean: list[float], std: list[float], size: int):
+    """The same augmentations as DeviceLoader, per image, with torchvision.transforms.v2."""
+    from torchvision.transforms import v2
+
+    steps = []
+    if cfg.crop_padding:
+        steps.append(v2.RandomCrop(size, padding=cfg.crop_padding))
+    if cfg.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.policy == "randaugment":
+        steps.append(v2.RandAugment(cfg.randaug_ops, cfg.randaug_magnitude))
+    elif cfg.policy == "autoaugment":
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if cfg.erasing > 0:
+        steps.append(v2.RandomErasing(cfg.erasing, value="random"))
+    return v2.Compose(steps)
+
+
+class TextbookLoader:
+    """A torch DataLoader over per-image transforms, batches moved to the device."""
+
+    def __init__(
+        self,
+        data: ArrayDataset,
+        cfg: TrainConfig,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        transform = textbook_transform(cfg, mean, std, data.images.shape[-1])
+        self.device = device
+        self.loader = torch.utils.data.DataLoader(
+            _TransformDataset(data, transform),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def fits_on_device(data: ArrayDataset, device: torch.device) -> bool:
+    """Whether the uint8 dataset fits comfortably (under a quarter of free memory)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return data.images.numel() * 4 < free
+
+
+def eval_batches(
+    data: ArrayDataset, normalize: Normalize, device: torch.device, batch_size: int = 1000
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised, un-augmented batches in dataset order."""
+    for i in range(0, len(data), batch_size):
+        x = data.images[i : i + batch_size].to(device, non_blocking=True)
+        yield normalize(x), data.labels[i : i + batch_size].to(device, non_blocking=True)

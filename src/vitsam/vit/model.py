@@ -1,0 +1,166 @@
+"""A plain Vision Transformer: PatchEmbed -> Attention -> MLP -> Block -> ViT."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitsam.vit.config import ModelConfig
+
+
+class PatchEmbed(nn.Module):
+    """Split the image into non-overlapping patches and project each to `dim`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, dim)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, fused (`F.scaled_dot_product_attention`) or plain.
+
+    Both paths compute the same function; the plain one is faster for the CPU's bf16
+    backward pass at these short sequences, the fused one on GPUs.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.head_dim = cfg.dim // cfg.heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.attn_dropout = cfg.attn_dropout
+        self.attn_drop = nn.Dropout(cfg.attn_dropout)
+        self.proj_drop = nn.Dropout(cfg.dropout)
+        self.fused = True  # set per device by ViT.set_attention()
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, D)
+        attn = None
+        if self.fused and not return_attn:
+            p = self.attn_dropout if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = attn.softmax(dim=-1)
+            x = self.attn_drop(attn) @ v
+        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        return (x, attn) if return_attn else x
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = MLP(cfg)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        n = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pool == "cls" else None
+        self.num_prefix = 1 if cfg.pool == "cls" else 0
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + self.num_prefix, cfg.dim))
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.Sequential(*[Block(cfg, r) for r in rates])
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        self._init_weights()
+        self.set_attention("sdpa" if cfg.attn_impl == "auto" else cfg.attn_impl)
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.head.weight)
+
+    def set_attention(self, impl: str) -> None:
+        """'sdpa' (fused) or 'plain' attention in every block."""
+        for block in self.blocks:
+            block.attn.fused = impl == "sdpa"
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, N, dim)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + self.pos_embed)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.embed(x)))  # (B, prefix + N, dim)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every block, each (B, H, T, T), from one forward pass."""
+        maps = []
+        x = self.embed(x)
+        for block in self.blocks:
+            y, attn = block.attn(block.norm1(x), return_attn=True)
+            maps.append(attn)
+            x = x + y
+            x = x + block.mlp(block.norm2(x))
+        return maps
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

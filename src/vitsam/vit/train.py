@@ -1,0 +1,400 @@
+"""train(cfg) -> metrics: the training loop, checkpoints, resume, metrics and curves."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitsam.devices import resolve_device, resolve_precision, seed_everything
+from vitsam.errors import VitsamError
+from vitsam.vit import augment
+from vitsam.vit.config import TrainConfig, from_dict, to_dict, to_json
+from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
+from vitsam.vit.evaluate import autocast, evaluate
+from vitsam.vit.loaders import DeviceLoader, Normalize, TextbookLoader, fits_on_device
+from vitsam.vit.model import ViT, count_parameters
+
+log = logging.getLogger("vitsam")
+
+
+@dataclass
+class Data:
+    train: ArrayDataset
+    test: ArrayDataset
+    mean: list[float]
+    std: list[float]
+
+
+def prepare_data(cfg: TrainConfig) -> Data:
+    """Load the dataset and fit the model config to it (channels, size, classes)."""
+    train, test = load_dataset(cfg.dataset, cfg.data_dir, cfg.model.image_size)
+    train = train.subset(cfg.train_subset, seed=cfg.seed)
+    test = test.subset(cfg.test_subset, seed=cfg.seed)
+    if cfg.dataset in TORCHVISION or cfg.dataset == "shapes":
+        cfg.model.channels = train.images.shape[1]
+        cfg.model.image_size = train.images.shape[-1]
+    cfg.model.num_classes = len(train.classes)
+    cfg.model.__post_init__()  # the data may make the patch size not fit
+    mean, std = train.mean_std()
+    return Data(train, test, mean, std)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warmup from ~0 to 1, then cosine decay to min_ratio."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Holds one run's state; `run()` trains to cfg.epochs, resuming where it stopped."""
+
+    def __init__(self, cfg: TrainConfig, data: Data | None = None, progress: bool = False):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.progress = progress
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_precision(cfg.precision, self.device)
+        self.data = data or prepare_data(cfg)
+        self.model = ViT(cfg.model).to(self.device)
+        attn = cfg.model.attn_impl
+        if attn == "auto":  # the CPU's fused-attention backward is slow at these sizes
+            attn = "plain" if self.device.type == "cpu" else "sdpa"
+        self.model.set_attention(attn)
+        self.ema = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.opt = self._optimizer()
+        self.steps_per_epoch = len(self.data.train) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise VitsamError(
+                f"batch size {cfg.batch_size} is larger than the {len(self.data.train)} "
+                "training images: lower --batch-size"
+            )
+        total = self.steps_per_epoch * cfg.epochs
+        warmup = max(1, round(self.steps_per_epoch * cfg.warmup_epochs))
+        ratio = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, warmup, total, ratio)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.beta_rng = np.random.default_rng(cfg.seed)
+        self.normalize = Normalize(self.data.mean, self.data.std, self.device)
+        self.loader = self._loader()
+        self.epoch = 0  # epochs finished
+        self.best_acc = 0.0
+        self.history: list[dict] = []
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(
+            self.model.parameters(),
+            cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            fused=fused,
+        )
+
+    def _loader(self):
+        kind = self.cfg.loader
+        if kind == "auto":
+            kind = "device" if fits_on_device(self.data.train, self.device) else "dataloader"
+        if kind == "device":
+            return DeviceLoader(self.data.train, self.cfg, self.normalize, self.device, self.gen)
+        if kind == "dataloader":
+            return TextbookLoader(
+                self.data.train, self.cfg, self.data.mean, self.data.std, self.device, self.cfg.seed
+            )
+        raise VitsamError(f"unknown loader {kind!r}: choose auto, device or dataloader")
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def _meta(self) -> dict:
+        d = self.data
+        return {
+            "config": to_dict(self.cfg),
+            "classes": d.train.classes,
+            "mean": d.mean,
+            "std": d.std,
+        }
+
+    def eval_model(self) -> ViT:
+        return self.ema if self.ema is not None else self.model
+
+    def state(self) -> dict:
+        s = {
+            **self._meta(),
+            "weights": self.eval_model().state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_acc": self.best_acc,
+            "history": self.history,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "gen": self.gen.get_state(),
+                "beta": json.dumps(self.beta_rng.bit_generator.state),
+            },
+        }
+        if self.ema is not None:
+            s["ema"] = self.ema.state_dict()
+        return s
+
+    def load_state(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(s["ema"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.sched.load_state_dict(s["scheduler"])
+        self.scaler.load_state_dict(s["scaler"])
+        self.epoch, self.best_acc, self.history = s["epoch"], s["best_acc"], list(s["history"])
+        rng = s["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.gen.set_state(rng["gen"])
+        self.beta_rng.bit_generator.state = json.loads(rng["beta"])
+
+    # --- one epoch ---------------------------------------------------------------------
+
+    def _update_ema(self, step: int) -> None:
+        decay = min(self.cfg.ema, (1 + step) / (10 + step))  # short runs: warm the EMA up
+        with torch.no_grad():
+            e, m = list(self.ema.parameters()), list(self.model.parameters())
+            torch._foreach_lerp_(e, m, 1 - decay)
+
+    def train_epoch(self) -> tuple[float, float, int]:
+        cfg, model = self.cfg, self.model
+        mixing = self.epoch < cfg.epochs - cfg.mix_off_epochs
+        k = cfg.model.num_classes
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)  # metrics stay on the device: no sync
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        bar = _bar(self.loader, self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        t0 = time.perf_counter()
+        for x, y in bar:
+            m = augment.mix(
+                x,
+                y,
+                k,
+                cfg.mixup if mixing else 0.0,
+                cfg.cutmix if mixing else 0.0,
+                cfg.mix_prob,
+                cfg.label_smoothing,
+                self.gen,
+                self.beta_rng,
+            )
+            with autocast(self.device, self.dtype):
+                logits = self.forward(m.x)
+            loss = soft_cross_entropy(logits.float(), m.targets)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.sched.step()
+            if self.ema is not None:
+                self._update_ema(self.sched.last_epoch)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == m.targets.argmax(1)).sum()
+            seen += len(y)
+            if self.progress and bar.n % 20 == 0:  # an occasional sync for the bar only
+                dt = time.perf_counter() - t0
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.3f}",
+                    acc=f"{correct.item() / seen:.3f}",
+                    img_s=f"{seen / dt:.0f}",
+                )
+        return loss_sum.item() / seen, correct.item() / seen, seen
+
+    # --- the run -----------------------------------------------------------------------
+
+    def run(self, on_epoch_end: Callable[[dict], None] | None = None) -> list[dict]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(to_json(cfg) + "\n")
+        log.info(
+            "ViT: %s parameters; %d train / %d test images; device %s, %s, %s loader",
+            f"{count_parameters(self.model):,}",
+            len(self.data.train),
+            len(self.data.test),
+            self.device,
+            str(self.dtype).replace("torch.", ""),
+            type(self.loader).__name__,
+        )
+        while self.epoch < cfg.epochs:
+            lr = self.opt.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            try:
+                train_loss, train_acc, seen = self.train_epoch()
+            except KeyboardInterrupt:
+                save_atomic(
+                    {
+                        **self._meta(),
+                        "weights": self.eval_model().state_dict(),
+                        "epoch": self.epoch,
+                    },
+                    self.out / "interrupted.pt",
+                )
+                log.warning(
+                    "interrupted: weights saved to %s; `vitsam train --resume %s` continues "
+                    "from the last finished epoch (%d)",
+                    self.out / "interrupted.pt",
+                    self.out,
+                    self.epoch,
+                )
+                raise
+            if not math.isfinite(train_loss):
+                raise VitsamError(
+                    f"training diverged: the loss became {train_loss} in epoch {self.epoch + 1}; "
+                    f"{self.out / 'last.pt'} keeps the last good state (epoch {self.epoch}). "
+                    "Lower --lr, set --grad-clip 1.0, or use --precision fp32"
+                )
+            seconds = time.perf_counter() - t0
+            result = evaluate(
+                self.eval_model(),
+                self.data.test,
+                self.normalize,
+                self.device,
+                self.dtype,
+                cfg.tta_flip,
+            )
+            self.epoch += 1
+            row = {
+                "epoch": self.epoch,
+                "lr": lr,
+                "train_loss": round(train_loss, 6),
+                "train_acc": round(train_acc, 6),
+                "test_loss": round(result.loss, 6),
+                "test_acc": round(result.accuracy, 6),
+                "epoch_seconds": round(seconds, 3),
+                "images_per_second": round(seen / seconds, 1),
+            }
+            self.history.append(row)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if result.accuracy > self.best_acc:
+                self.best_acc = result.accuracy
+                save_atomic(
+                    {
+                        **self._meta(),
+                        "weights": self.eval_model().state_dict(),
+                        "epoch": self.epoch,
+                        "test_acc": result.accuracy,
+                    },
+                    self.out / "best.pt",
+                )
+            save_atomic(self.state(), self.out / "last.pt")
+            plot_curves(self.history, self.out / "curves.png")
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs  %.0f img/s",
+                self.epoch,
+                cfg.epochs,
+                train_loss,
+                train_acc,
+                result.loss,
+                result.accuracy,
+                seconds,
+                row["images_per_second"],
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+        return self.history
+
+
+def train(cfg: TrainConfig, progress: bool = False, on_epoch_end=None) -> list[dict]:
+    """Train a fresh run into cfg.out; returns one metrics dict per epoch."""
+    return Trainer(cfg, progress=progress).run(on_epoch_end)
+
+
+def resume(
+    run_dir: str | Path, progress: bool = False, on_epoch_end=None, **overrides
+) -> list[dict]:
+    """Continue a run from RUN_DIR/last.pt: model, optimizer, schedule, scaler, RNG, epoch.
+
+    `overrides` may change fields that do not alter the run's maths (device, out, epochs
+    to extend it); the metrics log is truncated to the checkpoint's epoch.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "last.pt"
+    if not path.exists():
+        raise VitsamError(
+            f"{run_dir}: no last.pt to resume from (was it trained with --out {run_dir}?)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise VitsamError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}); start a new run"
+        ) from None
+    cfg = from_dict(state["config"])
+    cfg.out = str(run_dir)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    trainer = Trainer(cfg, progress=progress)
+    trainer.load_state(state)
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
+    return trainer.run(on_epoch_end)
+
+
+def _bar(loader, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train and test, redrawn from the whole history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], label="train")
+    a.plot(ep, [r["test_loss"] for r in history], label="test")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    b.plot(ep, [r["train_acc"] for r in history], label="train")
+    b.plot(ep, [r["test_acc"] for r in history], label="test")
+    b.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
