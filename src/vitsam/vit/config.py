@@ -115,7 +115,7 @@ def _preset_quick() -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(dim=96, depth=4, heads=4, mlp_dim=192, dropout=0.0),
         dataset="shapes",
-        epochs=8,
+        epochs=20,
         batch_size=128,
         lr=1e-3,
         warmup_epochs=1,

@@ -6,6 +6,7 @@ class names); the loaders in `loaders.py` feed it to training.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -70,6 +71,12 @@ class ArrayDataset:
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
 
 
+@functools.lru_cache(maxsize=1)
+def _shapes() -> tuple[ArrayDataset, ArrayDataset]:
+    """The built-in synthetic dataset: generated once per process (read-only tensors)."""
+    return make_shapes(10_000, seed=1), make_shapes(2_000, seed=2)
+
+
 def default_data_dir() -> Path:
     env = os.environ.get("VITSAM_DATA")
     return Path(env) if env else Path.home() / ".cache" / "vitsam" / "data"
@@ -80,7 +87,7 @@ def load_dataset(
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) for a dataset name or an image-folder path (folder or .tar/.tar.gz)."""
     if name == "shapes":
-        return make_shapes(10_000, seed=1), make_shapes(2_000, seed=2)
+        return _shapes()
     if name in TORCHVISION:
         return load_torchvision(name, Path(data_dir) if data_dir else default_data_dir())
     path = Path(name)
@@ -223,29 +230,35 @@ def make_shapes(n: int, seed: int = 0, size: int = 32) -> ArrayDataset:
     cx = rng.uniform(10, size - 10, (n, 1, 1))
     cy = rng.uniform(10, size - 10, (n, 1, 1))
     r = rng.uniform(5, 9, (n, 1, 1))
-    dx, dy = xx - cx, yy - cy
-    d = np.sqrt(dx**2 + dy**2)
     freq = rng.uniform(0.5, 1.2, (n, 1, 1))
     phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
-    masks = np.stack(
-        [
-            d < r,
-            np.maximum(abs(dx), abs(dy)) < r * 0.85,
-            abs(d - r) < r * 0.3,
-            ((abs(dx) < r / 3) & (abs(dy) < r)) | ((abs(dy) < r / 3) & (abs(dx) < r)),
-            (dy < r * 0.8) & (abs(dx) < (dy + r) * 0.55),
-            np.sin(yy * freq + phase) > 0,
-            np.sin(xx * freq + phase) > 0,
-            np.sin((xx + yy) * freq * 0.7 + phase) > 0,
-            (np.sin(xx * freq + phase) > 0) ^ (np.sin(yy * freq + phase) > 0),
-            abs(dx) + abs(dy) < r * 1.2,
-        ]
-    )  # (10, n, H, W)
-    mask = masks[labels, np.arange(n)][..., None]  # (n, H, W, 1)
+    mask = np.zeros((n, size, size, 1), dtype=bool)
+    for c in range(10):
+        i = labels == c
+        mask[i, ..., 0] = _shape_mask(c, xx - cx[i], yy - cy[i], r[i], xx, yy, freq[i], phase[i])
     fg = rng.uniform(0, 255, (n, 1, 1, 3))
     bg = rng.uniform(0, 255, (n, 1, 1, 3))
     close = np.abs(fg - bg).sum(-1, keepdims=True) < 150  # keep shapes visible
     bg = np.where(close, 255 - fg, bg)
-    img = np.where(mask, fg, bg) + rng.normal(0, 12, (n, size, size, 3))
+    noise = rng.standard_normal((n, size, size, 3), dtype=np.float32) * 12
+    img = np.where(mask, fg.astype(np.float32), bg.astype(np.float32)) + noise
     images = torch.from_numpy(np.clip(img, 0, 255).astype(np.uint8)).permute(0, 3, 1, 2)
     return ArrayDataset(images.contiguous(), torch.from_numpy(labels).long(), list(SHAPE_CLASSES))
+
+
+def _shape_mask(c, dx, dy, r, xx, yy, freq, phase) -> np.ndarray:
+    """Foreground of class c: dx, dy offsets from the centre, r the size, (n, H, W)."""
+    d = np.sqrt(dx**2 + dy**2)
+    stripes = lambda t: np.sin(t * freq + phase) > 0  # noqa: E731
+    return [
+        lambda: d < r,
+        lambda: np.maximum(abs(dx), abs(dy)) < r * 0.85,
+        lambda: abs(d - r) < r * 0.3,
+        lambda: ((abs(dx) < r / 3) & (abs(dy) < r)) | ((abs(dy) < r / 3) & (abs(dx) < r)),
+        lambda: (dy < r * 0.8) & (abs(dx) < (dy + r) * 0.55),
+        lambda: stripes(yy),
+        lambda: stripes(xx),
+        lambda: stripes((xx + yy) * 0.7),
+        lambda: stripes(xx) ^ stripes(yy),
+        lambda: abs(dx) + abs(dy) < r * 1.2,
+    ][c]()

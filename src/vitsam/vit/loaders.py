@@ -52,6 +52,9 @@ class DeviceLoader:
         self.train, self.drop_last = train, drop_last
         self.batch_size = cfg.batch_size
 
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do: the order and augmentation come from `gen`, which checkpoints carry."""
+
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -120,7 +123,8 @@ class TextbookLoader:
         seed: int,
     ) -> None:
         transform = textbook_transform(cfg, mean, std, data.images.shape[-1])
-        self.device = device
+        self.device, self.seed = device, seed
+        self.generator = torch.Generator()
         self.loader = torch.utils.data.DataLoader(
             _TransformDataset(data, transform),
             batch_size=cfg.batch_size,
@@ -128,9 +132,14 @@ class TextbookLoader:
             drop_last=True,
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
-            persistent_workers=cfg.workers > 0,
-            generator=torch.Generator().manual_seed(seed),
+            generator=self.generator,
         )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed this epoch's order and worker seeds from (seed, epoch), so a resumed run
+        sees the same batches. With workers=0 the transforms draw from torch's global RNG,
+        which the trainer's checkpoints carry."""
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -196,6 +196,7 @@ class Trainer:
         mixing = self.epoch < cfg.epochs - cfg.mix_off_epochs
         k = cfg.model.num_classes
         model.train()
+        self.loader.set_epoch(self.epoch)
         loss_sum = torch.zeros((), device=self.device)  # metrics stay on the device: no sync
         correct = torch.zeros((), device=self.device)
         seen = 0

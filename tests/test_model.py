@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from vitsam.errors import VitsamError
+from vitsam.vit.config import ModelConfig, preset
+from vitsam.vit.model import ViT, count_parameters
+
+
+def test_seed_model_has_the_seed_parameter_count():
+    model = ViT(preset("seed").model)
+    assert count_parameters(model) == 4_249_354  # about 4.25 M
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_fused_attention_equals_plain(pool):
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(dim=64, depth=2, heads=4, mlp_dim=128, pool=pool)).eval()
+    for p in model.head.parameters():  # the head starts at zero: give it weights
+        torch.nn.init.normal_(p)
+    x = torch.randn(4, 3, 32, 32)
+    model.set_attention("sdpa")
+    fused = model(x)
+    model.set_attention("plain")
+    plain = model(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_shapes_follow_config():
+    cfg = ModelConfig(image_size=28, channels=1, patch_size=7, dim=48, depth=3, heads=3,
+                      mlp_dim=96, num_classes=7, pool="mean", drop_path=0.2)  # fmt: skip
+    model = ViT(cfg)
+    assert model.patch_embed.num_patches == 16
+    assert model.cls_token is None
+    feats = model.forward_features(torch.randn(5, 1, 28, 28))
+    assert feats.shape == (5, 16, 48)
+    assert model(torch.randn(5, 1, 28, 28)).shape == (5, 7)
+    maps = model.attention_maps(torch.randn(2, 1, 28, 28))
+    assert len(maps) == 3 and maps[0].shape == (2, 3, 16, 16)
+
+
+def test_drop_path_only_in_training():
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(dim=32, depth=2, heads=2, mlp_dim=64, dropout=0.0, drop_path=0.5))
+    torch.nn.init.normal_(model.head.weight)
+    x = torch.randn(8, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_bad_model_configs_are_clear():
+    with pytest.raises(VitsamError, match="multiple of patch size"):
+        ModelConfig(image_size=30, patch_size=4)
+    with pytest.raises(VitsamError, match="divisible by heads"):
+        ModelConfig(dim=100, heads=8)
