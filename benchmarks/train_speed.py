@@ -1,0 +1,163 @@
+"""Training throughput of the seed ViT: the step alone, and end to end with data and augmentation.
+
+Prints a markdown table of images/s:
+  - the training step (forward, backward, AdamW) of our ViT per attention path and precision,
+    and of timm's VisionTransformer built with the same config in the same loop;
+  - end to end (data + augmentation + step) with the device-resident loader and with the
+    textbook torchvision DataLoader pipeline, for the seed recipe's augmentation (crop+flip)
+    and the best recipe's (RandAugment, random erasing, MixUp/CutMix, EMA).
+
+    python benchmarks/train_speed.py                 # CPU, batch 256
+    python benchmarks/train_speed.py --device cuda --steps 50
+    python benchmarks/train_speed.py --profile       # where the bf16 step's time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vitsam.devices import resolve_device
+from vitsam.vit.config import preset
+from vitsam.vit.data import ArrayDataset
+from vitsam.vit.evaluate import autocast
+from vitsam.vit.model import ViT
+from vitsam.vit.train import Data, Trainer
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timm_vit(cfg):
+    from timm.models.vision_transformer import VisionTransformer
+
+    m = cfg.model
+    return VisionTransformer(
+        img_size=m.image_size, patch_size=m.patch_size, in_chans=m.channels,
+        num_classes=m.num_classes, embed_dim=m.dim, depth=m.depth, num_heads=m.heads,
+        mlp_ratio=m.mlp_dim / m.dim, drop_rate=m.dropout, proj_drop_rate=m.dropout,
+    )  # fmt: skip
+
+
+def step_speed(model, device, dtype, batch: int, steps: int, warmup: int) -> float:
+    """Images/s of forward + backward + AdamW on a fixed batch."""
+    model.to(device).train()
+    opt = torch.optim.AdamW(
+        model.parameters(), 3e-4, weight_decay=0.05, fused=device.type == "cuda"
+    )
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def end_to_end_speed(recipe: str, loader: str, device, dtype, batch: int, steps: int, workers: int):
+    """Images/s of the real training epoch (Trainer.train_epoch) over steps batches."""
+    cfg = preset(recipe)
+    cfg.batch_size, cfg.loader, cfg.workers, cfg.device = batch, loader, workers, str(device)
+    cfg.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    n = batch * steps
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    ds = ArrayDataset(images, torch.arange(n) % 10, [str(i) for i in range(10)])
+    trainer = Trainer(cfg, data=Data(ds, ds, [0.5] * 3, [0.25] * 3))
+    trainer.train_epoch()  # warm-up epoch (and DataLoader worker start-up)
+    sync(device)
+    t = time.perf_counter()
+    _, _, seen = trainer.train_epoch()
+    sync(device)
+    return seen / (time.perf_counter() - t)
+
+
+def profile(device, dtype, batch: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    for impl in ("sdpa", "plain"):
+        model = ViT(preset("seed").model)
+        model.set_attention(impl)
+        step_speed(model, device, dtype, batch, 1, 1)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            step_speed(model, device, dtype, batch, 2, 0)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"\n### {impl} attention, {dtype}, batch {batch}: top ops by self time (2 steps)\n")
+        print(prof.key_averages().table(sort_by=key, row_limit=12))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--workers", type=int, default=2, help="DataLoader workers for the textbook path"
+    )
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--skip-timm", action="store_true")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    low = torch.bfloat16
+    if args.profile:
+        profile(device, low, args.batch)
+        return
+    seed_cfg = preset("seed")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"batch {args.batch}, {args.steps} timed steps\n")  # fmt: skip
+    print("| what | precision | images/s |\n|---|---|---|")
+    rows = []
+    for dtype in (torch.float32, low):
+        for impl in ("sdpa", "plain"):
+            torch.manual_seed(0)
+            model = ViT(dataclasses.replace(seed_cfg.model))
+            model.set_attention(impl)
+            r = step_speed(model, device, dtype, args.batch, args.steps, args.warmup)
+            rows.append((f"step: vitsam ViT, {impl} attention", dtype, r))
+            print(f"| {rows[-1][0]} | {str(dtype)[6:]} | {r:.0f} |", flush=True)
+        if not args.skip_timm:
+            r = step_speed(timm_vit(seed_cfg), device, dtype, args.batch, args.steps, args.warmup)
+            print(
+                f"| step: timm VisionTransformer (fused attention) | {str(dtype)[6:]} | {r:.0f} |",
+                flush=True,
+            )
+    dtype = low if device.type in ("cuda", "cpu") else torch.float32
+    for recipe in ("seed", "best"):
+        for loader in ("device", "dataloader"):
+            r = end_to_end_speed(
+                recipe, loader, device, dtype, args.batch, args.steps, args.workers
+            )
+            name = (
+                "device-resident, batched aug"
+                if loader == "device"
+                else f"textbook DataLoader ({args.workers} workers)"
+            )
+            print(
+                f"| end to end, {recipe} recipe aug: {name} | {str(dtype)[6:]} | {r:.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
