@@ -39,10 +39,17 @@ def timm_vit(cfg):
 
     m = cfg.model
     return VisionTransformer(
-        img_size=m.image_size, patch_size=m.patch_size, in_chans=m.channels,
-        num_classes=m.num_classes, embed_dim=m.dim, depth=m.depth, num_heads=m.heads,
-        mlp_ratio=m.mlp_dim / m.dim, drop_rate=m.dropout, proj_drop_rate=m.dropout,
-    )  # fmt: skip
+        img_size=m.image_size,
+        patch_size=m.patch_size,
+        in_chans=m.channels,
+        num_classes=m.num_classes,
+        embed_dim=m.dim,
+        depth=m.depth,
+        num_heads=m.heads,
+        mlp_ratio=m.mlp_dim / m.dim,
+        drop_rate=m.dropout,
+        proj_drop_rate=m.dropout,
+    )
 
 
 def step_speed(model, device, dtype, batch: int, steps: int, warmup: int) -> float:
@@ -124,8 +131,10 @@ def main() -> None:
         profile(device, low, args.batch)
         return
     seed_cfg = preset("seed")
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}, {args.steps} timed steps\n")  # fmt: skip
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch}, {args.steps} timed steps\n"
+    )
     print("| what | precision | images/s |\n|---|---|---|")
     rows = []
     for dtype in (torch.float32, low):

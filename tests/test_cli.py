@@ -6,9 +6,29 @@ from PIL import Image
 
 from vitsam.cli import main
 
-TINY = ["--dataset", "shapes", "--train-subset", "384", "--test-subset", "100", "--dim", "32",
-        "--depth", "2", "--heads", "2", "--mlp-dim", "64", "--batch-size", "48",
-        "--device", "cpu", "--precision", "fp32", "--quiet"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "shapes",
+    "--train-subset",
+    "384",
+    "--test-subset",
+    "100",
+    "--dim",
+    "32",
+    "--depth",
+    "2",
+    "--heads",
+    "2",
+    "--mlp-dim",
+    "64",
+    "--batch-size",
+    "48",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--quiet",
+]
 
 
 def test_print_config_is_the_seed_recipe(capsys):
@@ -16,7 +36,13 @@ def test_print_config_is_the_seed_recipe(capsys):
     cfg = json.loads(capsys.readouterr().out)
     m = cfg["model"]
     assert (m["image_size"], m["patch_size"], m["dim"], m["depth"], m["heads"], m["mlp_dim"]) == (
-        32, 4, 256, 8, 8, 512)  # fmt: skip
+        32,
+        4,
+        256,
+        8,
+        8,
+        512,
+    )
     assert m["dropout"] == 0.1
     assert (cfg["lr"], cfg["weight_decay"], cfg["epochs"], cfg["batch_size"]) == (
         3e-4,

@@ -27,8 +27,18 @@ def test_fused_attention_equals_plain(pool):
 
 
 def test_shapes_follow_config():
-    cfg = ModelConfig(image_size=28, channels=1, patch_size=7, dim=48, depth=3, heads=3,
-                      mlp_dim=96, num_classes=7, pool="mean", drop_path=0.2)  # fmt: skip
+    cfg = ModelConfig(
+        image_size=28,
+        channels=1,
+        patch_size=7,
+        dim=48,
+        depth=3,
+        heads=3,
+        mlp_dim=96,
+        num_classes=7,
+        pool="mean",
+        drop_path=0.2,
+    )
     model = ViT(cfg)
     assert model.patch_embed.num_patches == 16
     assert model.cls_token is None

@@ -16,8 +16,16 @@ def test_smoke_run_loss_falls_and_writes_outputs(tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    keys = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
-            "images_per_second"}  # fmt: skip
+    keys = {
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "epoch_seconds",
+        "images_per_second",
+    }
     assert len(rows) == 3 and keys <= set(rows[0])
     assert json.loads((run / "config.json").read_text())["model"]["dim"] == 32
     for name in ("last.pt", "best.pt", "curves.png"):
@@ -31,8 +39,17 @@ def test_smoke_run_loss_falls_and_writes_outputs(tmp_path):
 
 @pytest.mark.parametrize("loader", ["device", "dataloader"])
 def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path, loader):
-    over = dict(epochs=3, loader=loader, workers=0, ema=0.99, mixup=0.8, cutmix=1.0,
-                erasing=0.25, policy="randaugment", mix_off_epochs=1)  # fmt: skip
+    over = dict(
+        epochs=3,
+        loader=loader,
+        workers=0,
+        ema=0.99,
+        mixup=0.8,
+        cutmix=1.0,
+        erasing=0.25,
+        policy="randaugment",
+        mix_off_epochs=1,
+    )
     full = training.train(tiny_config(tmp_path / "a", **over))
 
     def kill_after_first(row):

@@ -176,6 +176,80 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X1,Y1,X2,Y2 in pixels") from None
+    return x1, y1, x2, y2
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vitsam.images import list_images
+    from vitsam.seg import TextSegmenter
+    from vitsam.seg.detect import split_prompt
+    from vitsam.seg.pipeline import as_image, check_boxes
+    from vitsam.seg.results import FORMATS, save
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise VitsamError(
+            f"--format takes a comma list of {', '.join(FORMATS)}; got {args.format!r}"
+        )
+    if args.box:  # bad boxes and empty prompts fail before any model loads
+        check_boxes(args.box)
+    else:
+        split_prompt(args.prompt or "")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars
+    images = _inputs_with_names(args.inputs, list_images)
+    if not images:
+        raise VitsamError(f"no image files in {' '.join(args.inputs)}")
+    segmenter = TextSegmenter.from_pretrained(
+        detector=None if args.box else args.detector,
+        segmenter=args.segmenter,
+        device=args.device,
+        precision=args.precision,
+        box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold,
+        nms_iou=args.nms,
+        max_detections=args.max_detections,
+    )
+    out, failed = Path(args.out), 0
+    bar = tqdm(images, desc="segment", disable=len(images) < 2 or args.quiet, unit="image")
+    for path, name in bar:
+        try:
+            image, _ = as_image(path)
+            if args.box:
+                result = segmenter.segment_boxes(image, args.box, prompt=args.prompt or "")
+            else:
+                result = segmenter.segment(image, args.prompt)
+            result.image = str(path)
+            save(result, image, out, name, formats, args.instance_masks)
+        except VitsamError as e:
+            failed += 1
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            continue
+        found = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detections) or "nothing found"
+        tqdm.write(f"{path}: {len(result.detections)} detections ({found})")
+    print(f"{len(images) - failed} of {len(images)} images segmented; outputs in {out}")
+    return 1 if failed else 0
+
+
+def _inputs_with_names(inputs: list[str], list_images) -> list[tuple[Path, str]]:
+    """Each image with an output name: its stem, prefixed by sub-folders inside a given folder."""
+    out = []
+    for item in map(Path, inputs):
+        for f in list_images([item]):
+            rel = f.relative_to(item) if item.is_dir() else Path(f.name)
+            out.append((f, "__".join(rel.with_suffix("").parts)))
+    return out
+
+
 # --- parser ----------------------------------------------------------------------------
 
 
@@ -217,6 +291,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "segment", help="masks for what a text prompt names (Grounding DINO -> SAM 2)"
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
+    p.add_argument("--prompt", help="phrases separated by '.', e.g. 'cat. remote control'")
+    p.add_argument("--detector", default="grounding-dino-tiny", help="short name, hub id or folder")
+    p.add_argument(
+        "--segmenter", default="sam2.1-tiny", help="short name, hub id, folder or original .pth/.pt"
+    )
+    p.add_argument(
+        "--box",
+        action="append",
+        type=_box,
+        metavar="X1,Y1,X2,Y2",
+        help="segment this box instead of detecting (repeatable)",
+    )
+    p.add_argument("--box-threshold", type=float, default=0.35)
+    p.add_argument("--text-threshold", type=float, default=0.25)
+    p.add_argument(
+        "--nms", type=float, default=0.0, metavar="IOU", help="NMS across phrases (0 = off)"
+    )
+    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--out", default="segments")
+    p.add_argument(
+        "--format", default="overlay,masks,json", help="which outputs: overlay,masks,json"
+    )
+    p.add_argument(
+        "--instance-masks", action="store_true", help="one PNG per detection instead of a label map"
+    )
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_segment)
     return parser
 
 

@@ -21,6 +21,34 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, dim)
 
 
+class Dropout(nn.Module):
+    """nn.Dropout, with a faster mask on the CPU.
+
+    On the CPU, `bernoulli_` draws one Mersenne-Twister number per element and took about
+    a third of the seed model's training step (profiled). Here each 64-bit draw yields four
+    16-bit uniforms, so the mask costs about a fifth as much; the keep probability is
+    exact to 1/65536. Other devices use the native fused kernel.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        uniform16 = draws.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767]
+        keep = uniform16 >= round(-32768 + self.p * 65536)
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, fused (`F.scaled_dot_product_attention`) or plain.
 
@@ -36,8 +64,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.attn_dropout = cfg.attn_dropout
-        self.attn_drop = nn.Dropout(cfg.attn_dropout)
-        self.proj_drop = nn.Dropout(cfg.dropout)
+        self.attn_drop = Dropout(cfg.attn_dropout)
+        self.proj_drop = Dropout(cfg.dropout)
         self.fused = True  # set per device by ViT.set_attention()
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
@@ -61,7 +89,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
@@ -106,7 +134,7 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pool == "cls" else None
         self.num_prefix = 1 if cfg.pool == "cls" else 0
         self.pos_embed = nn.Parameter(torch.zeros(1, n + self.num_prefix, cfg.dim))
-        self.pos_drop = nn.Dropout(cfg.dropout)
+        self.pos_drop = Dropout(cfg.dropout)
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, r) for r in rates])
         self.norm = nn.LayerNorm(cfg.dim)

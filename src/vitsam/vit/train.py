@@ -111,7 +111,7 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
-        fused = self.device.type == "cuda"
+        fused = self.device.type in ("cuda", "cpu")  # one kernel for the whole update
         return torch.optim.AdamW(
             self.model.parameters(),
             cfg.lr,
