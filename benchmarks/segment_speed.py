@@ -1,0 +1,149 @@
+"""Seconds per image for text-prompted segmentation with the default models at full size.
+
+Random weights time the same as trained ones, so the models are built from the default
+transformers configs (Grounding DINO: Swin-T + BERT-base; SAM 2.1 tiny) and saved to a
+temporary folder, then loaded through vitsam's real loading path. Compared:
+
+  - vitsam's TextSegmenter: one detector pass for all phrases, one image embedding,
+    all boxes decoded together;
+  - a plain script calling the transformers models the straightforward way, as the model
+    cards show: per phrase, the detector on that phrase, then SAM 2 on image + box.
+
+One box per phrase in both (the top-scoring one), so the work is the same.
+
+    python benchmarks/segment_speed.py [--size 1024x768] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PHRASES = ["cat", "remote control", "dog", "red car", "person"]
+
+
+def build_models(folder: Path) -> tuple[Path, Path]:
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        Sam2Config,
+        Sam2ImageProcessor,
+        Sam2Model,
+        Sam2Processor,
+    )
+
+    # bert-base-uncased's layout: special tokens at their usual ids, 30522 entries in all
+    vocab = {f"[unused{i}]": i for i in range(30522)}
+    special = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012}
+    words = sorted({w for p in PHRASES for w in p.split()})
+    for token, i in [*special.items(), *((w, 2000 + j) for j, w in enumerate(words))]:
+        vocab.pop(next(k for k, v in vocab.items() if v == i))
+        vocab[token] = i
+    det, seg = folder / "grounding-dino-tiny", folder / "sam2.1-tiny"
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(GroundingDinoConfig()).save_pretrained(det)
+    GroundingDinoProcessor(
+        GroundingDinoImageProcessor(), BertTokenizer(vocab=vocab)
+    ).save_pretrained(det)
+    Sam2Model(Sam2Config()).save_pretrained(seg)
+    Sam2Processor(Sam2ImageProcessor()).save_pretrained(seg)
+    return det, seg
+
+
+def plain_models(det: Path, seg: Path):
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, Sam2Model
+
+    dm = AutoModelForZeroShotObjectDetection.from_pretrained(det).eval()
+    sm = Sam2Model.from_pretrained(seg).eval()
+    return AutoProcessor.from_pretrained(det), dm, AutoProcessor.from_pretrained(seg), sm
+
+
+@torch.inference_mode()
+def plain_script(models, image: Image.Image, phrases: list[str]) -> dict[str, float]:
+    """The model-card way: for each phrase, detect, then segment image + box from scratch."""
+    dp, dm, sp, sm = models
+    t = {"detector": 0.0, "segmenter": 0.0}
+    for phrase in phrases:
+        t0 = time.perf_counter()
+        inputs = dp(images=image, text=phrase + ".", return_tensors="pt")
+        out = dm(**inputs)
+        res = dp.post_process_grounded_object_detection(
+            out,
+            inputs.input_ids,
+            threshold=0.0,
+            text_threshold=0.0,
+            target_sizes=[image.size[::-1]],
+        )[0]
+        box = res["boxes"][res["scores"].argmax()].tolist()
+        t1 = time.perf_counter()
+        inputs = sp(images=image, input_boxes=[[box]], return_tensors="pt")
+        out = sm(**inputs, multimask_output=False)
+        sp.post_process_masks(out.pred_masks, inputs["original_sizes"])
+        t["detector"] += t1 - t0
+        t["segmenter"] += time.perf_counter() - t1
+    return t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--size", default="1024x768")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    w, h = map(int, args.size.split("x"))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    from vitsam.seg import TextSegmenter
+
+    print(
+        f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, image {w}x{h}, "
+        f"best of {args.repeats}\n"
+    )
+    print("| pipeline | phrases | detector s | image encoder s | mask decoding s | total s |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        det, seg = build_models(Path(tmp))
+        ts = TextSegmenter.from_pretrained(
+            str(det), str(seg), device="cpu", box_threshold=0.0, text_threshold=0.0
+        )
+        totals = {}
+        for k in (1, 5):
+            ts.max_detections = k  # one box per phrase, as in the plain script
+            best = None
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                r = ts.segment(image, ". ".join(PHRASES[:k]))
+                total = time.perf_counter() - t0
+                if best is None or total < best[0]:
+                    best = (total, r.timings)
+            total, tm = best
+            totals[k] = total
+            print(
+                f"| vitsam TextSegmenter | {k} | {tm['detector']:.2f} | {tm['image_encoder']:.2f} | "
+                f"{tm['mask_decoder']:.2f} | {total:.2f} |",
+                flush=True,
+            )
+        models = plain_models(det, seg)
+        for k in (1, 5):
+            t0 = time.perf_counter()
+            tm = plain_script(models, image, PHRASES[:k])
+            total = time.perf_counter() - t0
+            print(
+                f"| plain transformers script | {k} | {tm['detector']:.2f} | (with segmenter) | "
+                f"{tm['segmenter']:.2f} (encoder + decoder) | {total:.2f} |",
+                flush=True,
+            )
+        print(f"\nvitsam: 5 phrases cost {totals[5] / totals[1]:.2f}x one phrase")
+
+
+if __name__ == "__main__":
+    main()
