@@ -310,3 +310,33 @@ def test_original_sam_checkpoint_matches_segment_anything(tmp_path):
     ref_bin = (ref_masks[:, 0] > 0).numpy()
     iou = (masks & ref_bin).sum((1, 2)) / np.maximum((masks | ref_bin).sum((1, 2)), 1)
     assert (iou >= 0.99).all() and masks.any()
+
+
+def test_original_sam2_checkpoint_matches_the_sam2_package(tmp_path):
+    """sam2.1_hiera_tiny.pt as the sam2 package writes it, with random weights."""
+    sam2 = pytest.importorskip("sam2", reason="the original sam2 package is not installed")
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from vitsam.seg.masks import MaskPredictor
+
+    assert sam2
+    torch.manual_seed(0)
+    original = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu").eval()
+    path = tmp_path / "renamed.pt"
+    torch.save({"model": original.state_dict()}, path)
+    image = (np.random.default_rng(0).uniform(0, 255, (300, 400, 3))).astype(np.uint8)
+    boxes = np.array([[20, 30, 200, 180], [150, 100, 390, 290]], dtype=np.float32)
+
+    ours = MaskPredictor.from_pretrained(str(path), torch.device("cpu"))
+    assert ours.model.config.vision_config.backbone_config.global_attention_blocks == [5, 7, 9]
+    ours.set_image(Image.fromarray(image))
+    masks, scores = ours.predict(boxes)
+
+    ref = SAM2ImagePredictor(original)
+    ref.set_image(image)
+    ref_masks, ref_scores, _ = ref.predict(box=boxes, multimask_output=False, return_logits=True)
+    np.testing.assert_allclose(scores, ref_scores.reshape(-1), rtol=1e-3, atol=1e-4)
+    ref_bin = ref_masks[:, 0] > 0
+    iou = (masks & ref_bin).sum((1, 2)) / np.maximum((masks | ref_bin).sum((1, 2)), 1)
+    assert (iou >= 0.99).all() and masks.any()

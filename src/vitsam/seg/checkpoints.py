@@ -1,7 +1,10 @@
-"""Original checkpoint files (`sam_vit_b_01ec64.pth`, ...) mapped onto transformers models.
+"""Original checkpoint files mapped onto transformers models: SAM (`sam_vit_b_01ec64.pth`,
+`_l_`, `_h_`) and SAM 2 / 2.1 (`sam2.1_hiera_tiny.pt`, small, base_plus, large).
 
-The variant is read from the tensor shapes (width, depth, heads, which blocks attend
-globally), so renamed files and other sizes load too. Files load with weights_only=True.
+The variant is read from the tensor shapes, so renamed files load too: for SAM the width,
+depth, heads and globally-attending blocks all show in the shapes; for SAM 2 the width and
+blocks per stage do, and pick the variant whose global-attention blocks and windows the
+shapes cannot show. Files load with weights_only=True.
 """
 
 from __future__ import annotations
@@ -63,11 +66,8 @@ def load_original(path: str | Path):
     state = read_state_dict(path)
     if "image_encoder.patch_embed.proj.weight" in state and "image_encoder.neck.0.weight" in state:
         return ("sam", *sam_from_original(state))
-    if any(k.startswith("image_encoder.trunk.") for k in state):
-        raise VitsamError(
-            f"{path}: original SAM 2 checkpoints are not mapped yet: use the transformers "
-            "release of the same model (--segmenter sam2.1-tiny, sam2.1-small, ...)"
-        )
+    if "image_encoder.trunk.patch_embed.proj.weight" in state:
+        return ("sam2", *sam2_from_original(state, Path(path).name))
     raise VitsamError(
         f"{path}: neither an original SAM nor SAM 2 checkpoint (unknown weight names)"
     )
@@ -127,3 +127,106 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: s
             f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
             f"(e.g. {unexpected[:2]})"
         )
+
+
+# SAM 2 (Hiera) variants: (width, blocks per stage) -> (global-attention blocks, windows, heads)
+SAM2_VARIANTS = {
+    (96, (1, 2, 7, 2)): ("tiny", [5, 7, 9], [8, 4, 14, 7], 1),
+    (96, (1, 2, 11, 2)): ("small", [7, 10, 13], [8, 4, 14, 7], 1),
+    (112, (2, 3, 16, 3)): ("base-plus", [12, 16, 20], [8, 4, 14, 7], 2),
+    (144, (2, 6, 36, 4)): ("large", [23, 33, 43], [8, 4, 16, 8], 2),
+}
+# original SAM 2 name -> transformers Sam2Model name (regex, replacement), applied in order
+SAM2_RENAMES = [
+    (r"^no_mem_embed$", "no_memory_embedding"),
+    (r"^image_encoder\.trunk\.", "vision_encoder.backbone."),
+    (r"^image_encoder\.neck\.convs\.(\d+)\.conv\.", r"vision_encoder.neck.convs.\1."),
+    (r"patch_embed\.proj\.", "patch_embed.projection."),
+    (r"^sam_prompt_encoder\.", "prompt_encoder."),
+    (r"pe_layer\.positional_encoding_gaussian_matrix", "shared_embedding.positional_embedding"),
+    (r"mask_downscaling\.0\.", "mask_embed.conv1."),
+    (r"mask_downscaling\.1\.", "mask_embed.layer_norm1."),
+    (r"mask_downscaling\.3\.", "mask_embed.conv2."),
+    (r"mask_downscaling\.4\.", "mask_embed.layer_norm2."),
+    (r"mask_downscaling\.6\.", "mask_embed.conv3."),
+    (r"^sam_mask_decoder\.", "mask_decoder."),
+    (r"output_upscaling\.0\.", "upscale_conv1."),
+    (r"output_upscaling\.1\.", "upscale_layer_norm."),
+    (r"output_upscaling\.3\.", "upscale_conv2."),
+    (r"norm_final_attn\.", "layer_norm_final_attn."),
+    (r"\.out_proj\.", ".o_proj."),
+    (r"\.norm(\d)\.", r".layer_norm\1."),
+    # three-layer heads: first, middle, last
+    (r"(hypernetworks_mlps\.\d+|prediction_head|obj_score_head)\.layers\.0\.", r"\1.proj_in."),
+    (r"(hypernetworks_mlps\.\d+|prediction_head|obj_score_head)\.layers\.1\.", r"\1.layers.0."),
+    (r"(hypernetworks_mlps\.\d+|prediction_head|obj_score_head)\.layers\.2\.", r"\1.proj_out."),
+    # two-layer MLPs (Hiera blocks, two-way transformer)
+    (r"\.mlp\.layers\.0\.", ".mlp.proj_in."),
+    (r"\.mlp\.layers\.1\.", ".mlp.proj_out."),
+]
+# video-tracking parts that the image model does not have
+SAM2_VIDEO_ONLY = re.compile(
+    r"^(memory_attention|memory_encoder|obj_ptr_proj|obj_ptr_tpos_proj|mask_downsample)\.|"
+    r"^(maskmem_tpos_enc|no_mem_pos_enc|no_obj_ptr|no_obj_embed_spatial)$"
+)
+
+
+def sam2_config_from_shapes(state: dict[str, torch.Tensor], filename: str = ""):
+    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2VisionConfig
+
+    width = state["image_encoder.trunk.patch_embed.proj.weight"].shape[0]
+    depth = 1 + max(
+        int(k.split(".")[3]) for k in state if k.startswith("image_encoder.trunk.blocks.")
+    )
+    # a block with its own projection opens a new stage (its width doubles)
+    starts = [0] + [
+        i for i in range(depth) if f"image_encoder.trunk.blocks.{i}.proj.weight" in state
+    ]
+    stages = tuple(b - a for a, b in zip(starts, [*starts[1:], depth]))
+    variant = SAM2_VARIANTS.get((width, stages))
+    if variant is None:
+        known = ", ".join(v[0] for v in SAM2_VARIANTS.values())
+        raise VitsamError(
+            f"{filename}: a SAM 2 image encoder of width {width} with blocks {list(stages)} "
+            f"is not a known variant ({known})"
+        )
+    _, global_blocks, windows, heads = variant
+    dims = [width * 2**i for i in range(len(stages))]
+    hiera = Sam2HieraDetConfig(
+        hidden_size=width,
+        num_attention_heads=heads,
+        blocks_per_stage=list(stages),
+        embed_dim_per_stage=dims,
+        num_attention_heads_per_stage=[heads * 2**i for i in range(len(stages))],
+        window_size_per_stage=windows,
+        global_attention_blocks=global_blocks,
+        window_positional_embedding_background_size=list(
+            state["image_encoder.trunk.pos_embed"].shape[-2:]
+        ),
+    )
+    return Sam2Config(
+        vision_config=Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=dims[::-1])
+    )
+
+
+def sam2_from_original(state: dict[str, torch.Tensor], filename: str = ""):
+    from transformers import Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    model = Sam2Model(sam2_config_from_shapes(state, filename))
+    renamed: dict[str, torch.Tensor] = {}
+    points = {}
+    for key, value in state.items():
+        if SAM2_VIDEO_ONLY.search(key):
+            continue
+        if m := re.fullmatch(r"sam_prompt_encoder\.point_embeddings\.(\d+)\.weight", key):
+            points[int(m[1])] = value
+            continue
+        for pattern, new in SAM2_RENAMES:
+            key = re.sub(pattern, new, key)
+        renamed[key] = value
+    renamed["prompt_encoder.point_embed.weight"] = torch.cat([points[i] for i in sorted(points)])
+    renamed["shared_image_embedding.positional_embedding"] = renamed[
+        "prompt_encoder.shared_embedding.positional_embedding"
+    ]
+    _load_strict(model, renamed, "SAM 2")
+    return model.eval(), Sam2Processor(image_processor=Sam2ImageProcessor())
