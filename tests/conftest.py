@@ -55,3 +55,13 @@ def image_folder(tmp_path: Path) -> Path:
                 im = Image.fromarray(arr)
                 (im.convert("L") if i % 2 else im).save(d / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Tiny random-weight detectors and segmenters saved with save_pretrained (no network)."""
+    from tests import seg_models
+
+    root = tmp_path_factory.mktemp("models")
+    names = ("grounding_dino", "sam2", "sam", "owlv2", "clipseg")
+    return {name: str(getattr(seg_models, name)(root / name)) for name in names}

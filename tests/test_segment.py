@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tests import seg_models
 from vitsam.cli import main
 from vitsam.errors import VitsamError
 from vitsam.seg import TextSegmenter
@@ -16,15 +15,6 @@ from vitsam.seg.results import Detection, decode_rle
 
 JSON_KEYS = {"image", "width", "height", "prompt", "detector", "segmenter", "detections"}
 DET_KEYS = {"label", "score", "box", "mask_score", "area", "mask"}
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {
-        name: str(getattr(seg_models, name)(root / name))
-        for name in ("grounding_dino", "sam2", "sam", "owlv2", "clipseg")
-    }
 
 
 @pytest.fixture

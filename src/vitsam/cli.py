@@ -240,6 +240,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from vitsam.serve.server import run
+    from vitsam.serve.service import SegmentService
+
+    detectors = [d.strip() for d in args.detector.split(",") if d.strip()]
+    segmenters = [s.strip() for s in args.segmenter.split(",") if s.strip()]
+    if not detectors or not segmenters:
+        raise VitsamError("--detector and --segmenter each need at least one model name")
+    token = args.token or os.environ.get("VITSAM_TOKEN", "")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        log.warning(
+            "serving on %s without --token: anyone who can reach it can use the API", args.host
+        )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    service = SegmentService(detectors, segmenters, args.device, args.precision, args.queue_size)
+    print(f"vitsam serving on http://{args.host}:{args.port}/ (API: /v1/segment, docs: /docs)")
+    run(service, args.host, args.port, token, args.max_upload_mb)
+    return 0
+
+
 def _inputs_with_names(inputs: list[str], list_images) -> list[tuple[Path, str]]:
     """Each image with an output name: its stem, prefixed by sub-folders inside a given folder."""
     out = []
@@ -325,6 +349,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("serve", help="the web page and HTTP API for segmentation")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (loopback unless told otherwise)"
+    )
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--detector", default="grounding-dino-tiny", help="comma list; the first is the default"
+    )
+    p.add_argument(
+        "--segmenter", default="sam2.1-tiny", help="comma list; the first is the default"
+    )
+    p.add_argument(
+        "--token",
+        default="",
+        help="require 'Authorization: Bearer TOKEN' on the API (or VITSAM_TOKEN)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=20)
+    p.add_argument(
+        "--queue-size", type=int, default=8, help="requests waiting or running before 503"
+    )
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

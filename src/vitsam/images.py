@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -49,13 +50,18 @@ def open_image(path: str | Path, mode: str = "RGB") -> Image.Image:
         raise VitsamError(f"{path}: no such file")
     if path.is_dir():
         raise VitsamError(f"{path}: is a folder, not an image file")
+    return decode_image(path.read_bytes(), str(path), mode)
+
+
+def decode_image(data: bytes, name: str = "image", mode: str = "RGB") -> Image.Image:
+    """Decode image bytes as `open_image` does; errors name the image as `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise VitsamError(
-                        f"{path}: {im.width}x{im.height} is too large to decode safely "
+                        f"{name}: {im.width}x{im.height} is too large to decode safely "
                         f"(over {MAX_PIXELS // 1_000_000} megapixels): downscale it first"
                     )
                 im.load()
@@ -63,11 +69,11 @@ def open_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     except VitsamError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise VitsamError(f"{path}: refused as a possible decompression bomb ({e})") from None
+        raise VitsamError(f"{name}: refused as a possible decompression bomb ({e})") from None
     except UnidentifiedImageError:
-        raise VitsamError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+        raise VitsamError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise VitsamError(f"{path}: corrupt or truncated image ({e})") from None
+        raise VitsamError(f"{name}: corrupt or truncated image ({e})") from None
     rgb = to_rgb(im)
     return rgb if mode == "RGB" else rgb.convert(mode)
 

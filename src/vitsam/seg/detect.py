@@ -20,9 +20,7 @@ def split_prompt(prompt: str) -> list[str]:
     phrases = [p.strip().lower() for p in prompt.replace("\n", ".").split(".")]
     phrases = [p for p in phrases if p]
     if not phrases:
-        raise VitsamError(
-            "empty prompt: give at least one phrase, e.g. --prompt 'cat. remote control'"
-        )
+        raise VitsamError("empty prompt: give at least one phrase, e.g. 'cat. remote control'")
     return phrases
 
 

@@ -1,0 +1,149 @@
+"""The HTTP API (FastAPI): POST /v1/segment, GET /healthz, OpenAPI at /openapi.json and /docs.
+
+Answers are the CLI's JSON document (or the overlay PNG with ?format=png); every error is
+a JSON body {"error": "..."} with a 4xx/5xx status, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from vitsam import __version__
+from vitsam.errors import VitsamError
+from vitsam.images import decode_image
+from vitsam.serve.service import Busy, NotReady, SegmentService
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413, with or without a
+    Content-Length header (chunked uploads are counted as they arrive)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _too_large(self.limit, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await _too_large(self.limit, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send) -> None:
+    body = json.dumps({"error": f"request body over the {limit // 2**20} MB limit"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 20) -> FastAPI:
+    app = FastAPI(
+        title="vitsam segmentation API",
+        version=__version__,
+        description="Text-prompted segmentation: an image and a prompt in, boxes and masks out.",
+    )
+
+    @app.exception_handler(VitsamError)
+    async def user_error(request: Request, e: VitsamError):
+        status = 503 if isinstance(e, (Busy, NotReady)) else 400
+        return JSONResponse({"error": str(e)}, status_code=status)
+
+    def authorised(request: Request) -> None:
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise _Unauthorised
+
+    @app.exception_handler(_Unauthorised)
+    async def unauthorised(request: Request, e: Exception):
+        return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    @app.get("/healthz", summary="ready once the models are loaded")
+    async def healthz():
+        if service.ready:
+            return {
+                "status": "ok",
+                "detectors": service.detectors,
+                "segmenters": service.segmenters,
+            }
+        status = "error" if service.error else "loading"
+        return JSONResponse({"status": status, "error": service.error}, status_code=503)
+
+    @app.post(
+        "/v1/segment", dependencies=[Depends(authorised)], summary="segment an uploaded image"
+    )
+    async def segment(
+        image: UploadFile = File(..., description="the image file (JPEG, PNG, WebP, TIFF, ...)"),
+        prompt: str = Form("", description="phrases separated by '.', e.g. 'cat. remote control'"),
+        box_threshold: float = Form(0.35, ge=0.0, le=1.0),
+        text_threshold: float = Form(0.25, ge=0.0, le=1.0),
+        max_detections: int = Form(100, ge=0, le=1000),
+        boxes: str = Form(
+            "", description="JSON list of [x1, y1, x2, y2] pixel boxes, instead of a prompt"
+        ),
+        detector: str = Form(
+            "", description="one of the configured detectors (default: the first)"
+        ),
+        segmenter: str = Form(
+            "", description="one of the configured segmenters (default: the first)"
+        ),
+        format: str = Query(
+            "json", pattern="^(json|png)$", description="json document or overlay png"
+        ),
+    ):
+        box_list = _parse_boxes(boxes)
+        name = image.filename or "upload"  # for messages and the JSON only, never a path here
+        picture = decode_image(await image.read(), name)
+        result = await run_in_threadpool(
+            service.segment, picture, prompt, box_list, box_threshold, text_threshold,
+            detector or None, segmenter or None, name, max_detections,
+        )  # fmt: skip
+        if format == "png":
+            buf = io.BytesIO()
+            result.overlay(picture).save(buf, format="PNG")
+            return Response(buf.getvalue(), media_type="image/png")
+        return result.to_json()
+
+    app.add_middleware(BodyLimit, limit=int(max_upload_mb * 2**20))
+    return app
+
+
+class _Unauthorised(Exception):
+    pass
+
+
+def _parse_boxes(text: str):
+    if not text.strip():
+        return None
+    try:
+        boxes = json.loads(text)
+    except json.JSONDecodeError:
+        raise VitsamError("boxes must be a JSON list of [x1, y1, x2, y2] pixel boxes") from None
+    return boxes

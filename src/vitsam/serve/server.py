@@ -1,0 +1,36 @@
+"""One server: the API, the page mounted at /, and the models loading in the background."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import FastAPI
+
+from vitsam.serve.api import create_app
+from vitsam.serve.service import SegmentService
+
+
+def create_server(
+    service: SegmentService, token: str = "", max_upload_mb: float = 20, page: bool = True
+) -> FastAPI:
+    app = create_app(service, token, max_upload_mb)
+    if page:
+        import gradio as gr
+
+        from vitsam.serve.page import build_page
+
+        app = gr.mount_gradio_app(
+            app, build_page(service), path="/", max_file_size=int(max_upload_mb * 2**20)
+        )
+    return app
+
+
+def run(
+    service: SegmentService, host: str, port: int, token: str = "", max_upload_mb: float = 20
+) -> None:
+    """Serve until interrupted; /healthz answers 503 until the models are loaded."""
+    import uvicorn
+
+    threading.Thread(target=service.load, name="load-models", daemon=True).start()
+    app = create_server(service, token, max_upload_mb)
+    uvicorn.run(app, host=host, port=port, log_level="info")

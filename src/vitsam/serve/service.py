@@ -1,0 +1,122 @@
+"""The models a server holds, loaded once, and the one queue every request goes through."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from vitsam.errors import VitsamError
+from vitsam.seg.pipeline import TextSegmenter, check_boxes
+from vitsam.seg.results import Segmentation
+
+log = logging.getLogger("vitsam")
+
+
+class Busy(VitsamError):
+    """The request queue is full: try again shortly."""
+
+
+class NotReady(VitsamError):
+    """The models are still loading (or failed to load)."""
+
+
+class Admission:
+    """A bounded queue in front of the model: at most `size` requests wait or run.
+
+    `enter()` refuses at once (Busy) when full rather than letting the queue grow; the
+    model itself runs one request at a time under `lock`, so no two requests interleave.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots = threading.BoundedSemaphore(size)
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> Admission:
+        if not self._slots.acquire(blocking=False):
+            raise Busy(f"server busy: {self.size} requests already queued; retry shortly")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._slots.release()
+
+
+@dataclass
+class SegmentService:
+    detectors: list[str]  # names as configured; the first is the default
+    segmenters: list[str]
+    device: str = "auto"
+    precision: str = "auto"
+    queue_size: int = 8
+    admission: Admission = field(init=False)
+    error: str = ""  # why loading failed, if it did
+    _models: dict = field(default_factory=dict, init=False)
+    _ready: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.queue_size)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def load(self) -> None:
+        """Load every configured model (call once, e.g. in a background thread)."""
+        from vitsam.devices import resolve_device
+        from vitsam.seg.detect import Detector
+        from vitsam.seg.masks import MaskPredictor
+        from vitsam.seg.pipeline import seg_precision
+
+        try:
+            dev = resolve_device(self.device)
+            dtype = seg_precision(self.precision, dev)
+            for name in self.detectors:
+                self._models[("detector", name)] = Detector.from_pretrained(name, dev, dtype)
+            for name in self.segmenters:
+                self._models[("segmenter", name)] = MaskPredictor.from_pretrained(name, dev, dtype)
+        except VitsamError as e:
+            self.error = str(e)
+            log.error("model loading failed: %s", e)
+            return
+        self._ready.set()
+        log.info("models loaded: detectors %s, segmenters %s", self.detectors, self.segmenters)
+
+    def segment(
+        self,
+        image: Image.Image,
+        prompt: str = "",
+        boxes=None,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        detector: str | None = None,
+        segmenter: str | None = None,
+        name: str = "upload",
+        max_detections: int = 100,
+    ) -> Segmentation:
+        """One request, through the queue. Boxes (XYXY pixels) replace the prompt's detector."""
+        if not self.ready:
+            raise NotReady(self.error or "models are still loading; retry shortly")
+        if boxes is not None and len(boxes):
+            boxes = check_boxes(boxes)
+        det = self._pick("detector", detector or self.detectors[0], self.detectors)
+        seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
+        pipeline = TextSegmenter(
+            det, seg, box_threshold, text_threshold, max_detections=max_detections
+        )
+        with self.admission, self.admission.lock:
+            if boxes is not None and len(boxes):
+                result = pipeline.segment_boxes(image, boxes, prompt=prompt)
+            else:
+                result = pipeline.segment(image, prompt)
+        result.image = name
+        return result
+
+    def _pick(self, role: str, name: str, configured: list[str]):
+        if name not in configured:
+            raise VitsamError(
+                f"{role} {name!r} is not served here: choose one of {', '.join(configured)}"
+            )
+        return self._models[(role, name)]

@@ -1,0 +1,139 @@
+"""The HTTP API against a real server process on loopback, with tiny random-weight models."""
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serving import TOKEN, server
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def url(models):
+    with server(models, "--token", TOKEN, "--max-upload-mb", "1", "--queue-size", "8") as u:
+        yield u
+
+
+def png_bytes(size=(160, 120), mode="RGB") -> bytes:
+    arr = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def post(url, data=None, files=None, params=None, headers=AUTH, **kw):
+    data = {"max_detections": "3", **(data or {})}
+    files = files or {"image": ("photo.png", png_bytes(), "image/png")}
+    return httpx.post(url + "/v1/segment", data=data, files=files, params=params, headers=headers,
+                      timeout=60, **kw)  # fmt: skip
+
+
+def healthy(url) -> bool:
+    return httpx.get(url + "/healthz").json()["status"] == "ok"
+
+
+def test_health_openapi_and_page(url):
+    health = httpx.get(url + "/healthz").json()
+    assert health["status"] == "ok" and len(health["detectors"]) == 2
+    spec = httpx.get(url + "/openapi.json").json()
+    assert "/v1/segment" in spec["paths"] and "/healthz" in spec["paths"]
+    assert httpx.get(url + "/docs").status_code == 200
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_segment_answers_the_cli_json(url):
+    r = post(url, {"prompt": "cat. dog", "box_threshold": "0.0", "text_threshold": "0.0"})
+    assert r.status_code == 200
+    doc = r.json()
+    assert set(doc) == {"image", "width", "height", "prompt", "detector", "segmenter", "detections"}
+    assert (doc["width"], doc["height"], doc["image"]) == (160, 120, "photo.png")
+    assert doc["detections"] and all(d["label"] in ("cat", "dog") for d in doc["detections"])
+
+
+def test_png_format_boxes_and_model_choice(url, models):
+    r = post(url, {"prompt": "cat"}, params={"format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (160, 120)
+    r = post(url, {"boxes": json.dumps([[10, 10, 60, 60], [70, 20, 150, 110]])})
+    assert [d["box"] for d in r.json()["detections"]] == [[10, 10, 60, 60], [70, 20, 150, 110]]
+    r = post(url, {"prompt": "cat", "detector": models["owlv2"], "box_threshold": "0.3"})
+    assert r.status_code == 200 and r.json()["detector"] == models["owlv2"]
+
+
+def test_token_is_required(url):
+    assert post(url, {"prompt": "cat"}, headers={}).status_code == 401
+    r = post(url, {"prompt": "cat"}, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and "token" in r.json()["error"]
+
+
+def bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data,files,status,message",
+    [
+        ({"prompt": "cat"}, {"image": ("x.png", b"hello", "image/png")}, 400, "not an image"),
+        ({"prompt": "cat"}, {"image": ("x.png", png_bytes()[:200], "image/png")}, 400, "truncated"),
+        ({"prompt": "  "}, None, 400, "empty prompt"),
+        ({"prompt": ". ".join(["remote control"] * 200)}, None, 400, "over the detector's limit"),
+        ({"prompt": "cat"}, {"image": ("bomb.png", bomb(), "image/png")}, 400, "bomb"),
+        ({"prompt": "cat"}, {"image": ("big.png", b"\0" * (2 * 2**20), "image/png")}, 413, "limit"),
+        ({"boxes": "[[1, 2, 3]"}, None, 400, "JSON list"),
+        ({"prompt": "cat", "detector": "/etc"}, None, 400, "not served here"),
+        ({"prompt": "cat", "box_threshold": "7"}, None, 422, ""),
+    ],
+)
+def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(
+    url, data, files, status, message
+):
+    r = post(url, data, files)
+    assert r.status_code == status
+    body = r.json()
+    assert message in json.dumps(body)
+    assert healthy(url)
+
+
+def test_a_client_filename_never_names_a_server_file(url):
+    r = post(url, {"prompt": "cat"}, {"image": ("/etc/hostname", b"not an image", "image/png")})
+    assert r.status_code == 400 and "not an image" in r.json()["error"]
+
+
+def test_concurrent_requests_are_all_answered(url):
+    def one(i):
+        return post(url, {"prompt": "cat. dog", "box_threshold": "0.5"}).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(one, range(20)))
+    assert codes == [200] * 20
+    assert healthy(url)
+
+
+def test_full_queue_answers_503_at_once(models):
+    """In-process: hold the only queue slot, and the next request is refused, not queued."""
+    from fastapi.testclient import TestClient
+
+    from vitsam.serve.api import create_app
+    from vitsam.serve.service import SegmentService
+
+    service = SegmentService([models["grounding_dino"]], [models["sam2"]], "cpu", queue_size=1)
+    client = TestClient(create_app(service))
+    files = {"image": ("p.png", png_bytes(), "image/png")}
+    assert (
+        client.post("/v1/segment", data={"prompt": "cat"}, files=files).status_code == 503
+    )  # loading
+    assert client.get("/healthz").json()["status"] == "loading"
+    service.load()
+    with service.admission:  # a request in flight
+        r = client.post("/v1/segment", data={"prompt": "cat"}, files=files)
+        assert r.status_code == 503 and "busy" in r.json()["error"]
+    assert client.post("/v1/segment", data={"prompt": "cat"}, files=files).status_code == 200
