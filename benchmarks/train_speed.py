@@ -155,7 +155,10 @@ def main() -> None:
     best = ViT(preset("best").model)  # no dropout, stochastic depth, mean pooling
     best.set_attention("plain" if device.type == "cpu" else "sdpa")
     r = step_speed(best, device, dtype, args.batch, args.steps, args.warmup)
-    print(f"| step: vitsam ViT, best recipe's model settings | {str(dtype)[6:]} | {r:.0f} |", flush=True)
+    print(
+        f"| step: vitsam ViT, best recipe's model settings | {str(dtype)[6:]} | {r:.0f} |",
+        flush=True,
+    )
     for recipe in ("seed", "best"):
         for loader in ("device", "dataloader"):
             r = end_to_end_speed(
