@@ -133,25 +133,7 @@ def owlv2(folder: Path) -> Path:
 
     torch.manual_seed(0)
     config = Owlv2Config(
-        text_config={
-            "vocab_size": 64,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 64,
-            "patch_size": 16,
-        },
+        **_clip_towers(vision_layers=1),
         projection_dim=32,
     )
     model = Owlv2ForObjectDetection(config).eval()
@@ -177,25 +159,7 @@ def clipseg(folder: Path) -> Path:
 
     torch.manual_seed(0)
     config = CLIPSegConfig(
-        text_config={
-            "vocab_size": 64,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 64,
-            "patch_size": 16,
-        },
+        **_clip_towers(vision_layers=2),
         projection_dim=32,
         reduce_dim=16,
         extract_layers=[0, 1],
@@ -209,6 +173,16 @@ def clipseg(folder: Path) -> Path:
     )
     model.save_pretrained(folder)
     return folder
+
+
+def _clip_towers(vision_layers: int) -> dict:
+    """Tiny CLIP text and vision towers, as OWLv2 and CLIPSeg both take them."""
+    text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 1,
+            "eos_token_id": 2, "pad_token_id": 0}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": vision_layers,
+              "num_attention_heads": 2, "image_size": 64, "patch_size": 16}  # fmt: skip
+    return {"text_config": text, "vision_config": vision}
 
 
 def _clip_tokenizer(folder: Path):

@@ -176,6 +176,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vitsam.vit.analysis import SweepSpec, parse_grid_flags, sweep
+
+    spec = SweepSpec.load(args.spec) if args.spec else SweepSpec(preset=args.preset)
+    spec.grid.update(parse_grid_flags(args.grid or []))
+    spec.base.update({k: v[0] for k, v in parse_grid_flags(args.set or []).items()})
+    if args.list:
+        for name, _cfg, _ in spec.runs():
+            print(name)
+        return 0
+    rows = sweep(spec, args.out, progress=not args.quiet)
+    print(
+        f"{len(rows)} runs; results in {Path(args.out) / 'results.csv'} and {Path(args.out) / 'report.md'}"
+    )
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitsam.images import open_image
+    from vitsam.vit.analysis import attention_maps, draw_attention
+    from vitsam.vit.evaluate import load_classifier
+    from vitsam.vit.loaders import Normalize
+
+    clf = load_classifier(args.checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = (clf.image_size, clf.image_size)
+    norm = Normalize(clf.mean, clf.std, torch.device("cpu"))
+    for name in args.images:
+        image = open_image(name).resize(size, 3)
+        x = torch.from_numpy(
+            __import__("numpy").asarray(image.convert("L" if clf.channels == 1 else "RGB")).copy()
+        )
+        x = x.reshape(1, *size, clf.channels).permute(0, 3, 1, 2)
+        maps = attention_maps(clf.model, norm(x))
+        label, p = clf.predict([image], top_k=1)[0][0]
+        path = out / f"{Path(name).stem}.attention.png"
+        draw_attention(image, maps, 0, path, title=f"{label} {p:.2f}")
+        print(f"{name}: {path}")
+    return 0
+
+
 def _box(text: str) -> tuple[float, float, float, float]:
     try:
         x1, y1, x2, y2 = (float(v) for v in text.split(","))
@@ -373,6 +417,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("sweep", help="a grid of training runs, with a CSV and a report")
+    p.add_argument("spec", nargs="?", help="TOML, YAML or JSON file: preset, base, grid, variants")
+    p.add_argument("--out", default="runs/sweep", help="sweep directory (one run directory each)")
+    p.add_argument(
+        "--preset", default="quick", help="recipe every run starts from (without a spec)"
+    )
+    p.add_argument(
+        "--grid", action="append", metavar="FIELD=V1,V2", help="vary a field (repeatable)"
+    )
+    p.add_argument("--set", action="append", metavar="FIELD=V", help="set a field for every run")
+    p.add_argument("--list", action="store_true", help="print the run names and exit")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("attention", help="attention rollout and per-layer maps over images")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CKPT")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", default="attention")
+    p.set_defaults(func=cmd_attention)
     return parser
 
 

@@ -90,9 +90,8 @@ class Classifier:
         self.model.to(device)
         return self
 
-    @torch.no_grad()
-    def predict(self, images: list, top_k: int = 5, device: torch.device | None = None):
-        """PIL images of any size and mode -> per image a list of (class, probability)."""
+    def batch(self, images: list, device: torch.device | None = None) -> torch.Tensor:
+        """PIL images of any size and mode -> the normalised (B, C, H, W) batch the model takes."""
         import numpy as np
 
         device = device or next(self.model.parameters()).device
@@ -100,7 +99,12 @@ class Classifier:
         size = (self.image_size, self.image_size)
         arrays = [np.asarray(im.convert(mode).resize(size, 3), dtype=np.uint8) for im in images]
         x = torch.from_numpy(np.stack(arrays)).reshape(len(arrays), *size, self.channels)
-        x = Normalize(self.mean, self.std, device)(x.permute(0, 3, 1, 2).to(device))
+        return Normalize(self.mean, self.std, device)(x.permute(0, 3, 1, 2).to(device))
+
+    @torch.no_grad()
+    def predict(self, images: list, top_k: int = 5, device: torch.device | None = None):
+        """PIL images of any size and mode -> per image a list of (class, probability)."""
+        x = self.batch(images, device)
         self.model.eval()
         probs = logits_of(self.model, x).softmax(1).cpu()
         k = min(top_k, len(self.classes))
