@@ -65,3 +65,22 @@ def test_bad_model_configs_are_clear():
         ModelConfig(image_size=30, patch_size=4)
     with pytest.raises(VitsamError, match="divisible by heads"):
         ModelConfig(dim=100, heads=8)
+
+
+def test_cpu_dropout_keeps_the_right_share_and_scales():
+    from vitsam.vit.model import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1).train()
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # gradient flows through kept elements only
+    assert torch.equal(drop.eval()(x), x)
+    torch.manual_seed(1)
+    a = Dropout(0.1).train()(torch.ones(64))
+    torch.manual_seed(1)
+    assert torch.equal(a, Dropout(0.1).train()(torch.ones(64)))  # seeded like torch's dropout
