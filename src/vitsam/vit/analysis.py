@@ -240,6 +240,7 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> None:
 
 def plot_sweep(rows: list[dict[str, Any]], axes: list[str], out: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -251,6 +252,7 @@ def plot_sweep(rows: list[dict[str, Any]], axes: list[str], out: Path) -> None:
         b.scatter(r["wall_seconds"], r["best_test_acc"])
         b.annotate(r["run"], (r["wall_seconds"], r["best_test_acc"]), fontsize=7)
     a.set(xlabel="forward MFLOPs per image", ylabel="best test accuracy", xscale="log")
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
     b.set(xlabel="training wall time (s)", ylabel="best test accuracy")
     for ax in (a, b):
         ax.grid(alpha=0.3)
