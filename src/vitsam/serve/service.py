@@ -99,7 +99,8 @@ class SegmentService:
         """One request, through the queue. Boxes (XYXY pixels) replace the prompt's detector."""
         if not self.ready:
             raise NotReady(self.error or "models are still loading; retry shortly")
-        if boxes is not None and len(boxes):
+        use_boxes = boxes is not None and len(boxes) > 0
+        if use_boxes:  # a bad box fails before it takes a place in the queue
             boxes = check_boxes(boxes)
         det = self._pick("detector", detector or self.detectors[0], self.detectors)
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
@@ -107,7 +108,7 @@ class SegmentService:
             det, seg, box_threshold, text_threshold, max_detections=max_detections
         )
         with self.admission, self.admission.lock:
-            if boxes is not None and len(boxes):
+            if use_boxes:
                 result = pipeline.segment_boxes(image, boxes, prompt=prompt)
             else:
                 result = pipeline.segment(image, prompt)

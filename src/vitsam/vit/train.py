@@ -21,7 +21,7 @@ from vitsam.errors import VitsamError
 from vitsam.vit import augment
 from vitsam.vit.config import TrainConfig, from_dict, to_dict, to_json
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
-from vitsam.vit.evaluate import autocast, evaluate
+from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint
 from vitsam.vit.loaders import DeviceLoader, Normalize, TextbookLoader, fits_on_device
 from vitsam.vit.model import ViT, count_parameters
 
@@ -146,15 +146,23 @@ class Trainer:
     def eval_model(self) -> ViT:
         return self.ema if self.ema is not None else self.model
 
-    def state(self) -> dict:
-        s = {
+    def weights_checkpoint(self, **extra) -> dict:
+        """What eval/predict need: the evaluated weights, config, classes, normalisation."""
+        return {
             **self._meta(),
             "weights": self.eval_model().state_dict(),
+            "epoch": self.epoch,
+            **extra,
+        }
+
+    def state(self) -> dict:
+        """Everything to resume exactly; `weights` doubles as the EMA's state when EMA is on."""
+        s = {
+            **self.weights_checkpoint(),
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
             "best_acc": self.best_acc,
             "history": self.history,
             "rng": {
@@ -164,14 +172,12 @@ class Trainer:
                 "beta": json.dumps(self.beta_rng.bit_generator.state),
             },
         }
-        if self.ema is not None:
-            s["ema"] = self.ema.state_dict()
         return s
 
     def load_state(self, s: dict) -> None:
         self.model.load_state_dict(s["model"])
         if self.ema is not None:
-            self.ema.load_state_dict(s["ema"])
+            self.ema.load_state_dict(s["weights"])
         self.opt.load_state_dict(s["optimizer"])
         self.sched.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
@@ -260,14 +266,7 @@ class Trainer:
             try:
                 train_loss, train_acc, seen = self.train_epoch()
             except KeyboardInterrupt:
-                save_atomic(
-                    {
-                        **self._meta(),
-                        "weights": self.eval_model().state_dict(),
-                        "epoch": self.epoch,
-                    },
-                    self.out / "interrupted.pt",
-                )
+                save_atomic(self.weights_checkpoint(), self.out / "interrupted.pt")
                 log.warning(
                     "interrupted: weights saved to %s; `vitsam train --resume %s` continues "
                     "from the last finished epoch (%d)",
@@ -307,15 +306,7 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
             if result.accuracy > self.best_acc:
                 self.best_acc = result.accuracy
-                save_atomic(
-                    {
-                        **self._meta(),
-                        "weights": self.eval_model().state_dict(),
-                        "epoch": self.epoch,
-                        "test_acc": result.accuracy,
-                    },
-                    self.out / "best.pt",
-                )
+                save_atomic(self.weights_checkpoint(test_acc=result.accuracy), self.out / "best.pt")
             save_atomic(self.state(), self.out / "last.pt")
             plot_curves(self.history, self.out / "curves.png")
             log.info(
@@ -353,12 +344,7 @@ def resume(
         raise VitsamError(
             f"{run_dir}: no last.pt to resume from (was it trained with --out {run_dir}?)"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise VitsamError(
-            f"{path}: unreadable checkpoint ({type(e).__name__}); start a new run"
-        ) from None
+    state = read_checkpoint(path)
     cfg = from_dict(state["config"])
     cfg.out = str(run_dir)
     for k, v in overrides.items():
