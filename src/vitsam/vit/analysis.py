@@ -212,7 +212,7 @@ def summarize(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
         "params": count_parameters(ViT(cfg.model)),
         "flops_per_image": flops_per_image(cfg.model),
         "images_per_second": round(sum(r["images_per_second"] for r in history) / len(history), 1),
-        "wall_seconds": round(sum(r["epoch_seconds"] for r in history), 1),
+        "wall_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
         "best_test_acc": max(r["test_acc"] for r in history),
         "final_test_acc": history[-1]["test_acc"],
         "epochs": len(history),
