@@ -84,3 +84,15 @@ def test_cpu_dropout_keeps_the_right_share_and_scales():
     a = Dropout(0.1).train()(torch.ones(64))
     torch.manual_seed(1)
     assert torch.equal(a, Dropout(0.1).train()(torch.ones(64)))  # seeded like torch's dropout
+
+
+def test_cpu_dropout_draws_fresh_masks_in_any_dtype_and_size():
+    from vitsam.vit.model import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.5).train()
+    x = torch.ones(3, 7, 11, dtype=torch.bfloat16)  # 231 elements: not a multiple of four
+    a, b = drop(x), drop(x)
+    assert a.dtype == torch.bfloat16 and a.shape == x.shape
+    assert set(a.unique().tolist()) == {0.0, 2.0}
+    assert not torch.equal(a, b)  # each call its own mask

