@@ -40,7 +40,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.compiler.is_compiling():  # inductor has its own
             return F.dropout(x, self.p, training=True)
         keep = uniform16(x.numel()).view(x.shape) >= round(-32768 + self.p * 65536)
         # bool -> float conversion has no vectorized CPU kernel; uint8 -> float has
