@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ def test_smoke_run_loss_falls_and_writes_outputs(tmp_path):
         "test_acc",
         "epoch_seconds",
         "images_per_second",
+        "eval_seconds",
     }
     assert len(rows) == 3 and keys <= set(rows[0])
     assert json.loads((run / "config.json").read_text())["model"]["dim"] == 32
@@ -117,3 +119,11 @@ def test_lr_schedule_warms_up_then_decays():
 def test_bf16_training_runs_on_cpu(tmp_path):
     history = training.train(tiny_config(tmp_path, precision="bf16", epochs=1))
     assert history[0]["train_loss"] < 2.5
+
+
+def test_compiled_training_with_dropout(tmp_path):
+    """--compile traces the model, CPU dropout included (it falls back to F.dropout)."""
+    cfg = tiny_config(tmp_path, epochs=1, compile=True)
+    cfg.model.dropout = 0.1
+    history = training.train(cfg)
+    assert len(history) == 1 and math.isfinite(history[0]["train_loss"])
