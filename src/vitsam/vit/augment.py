@@ -247,12 +247,14 @@ def mix(
         return Mixed(x, onehot, torch.ones(B, device=dev))
     partner = x.flip(0)
     use_cut = _rand(B, gen) < (0.5 if mixup > 0 and cutmix > 0 else float(cutmix > 0))
-    lam_mix = torch.from_numpy(beta_rng.beta(mixup, mixup, B) if mixup > 0 else np.ones(B))
-    lam_cut = torch.from_numpy(beta_rng.beta(cutmix, cutmix, B) if cutmix > 0 else np.ones(B))
+    lam_mix = torch.from_numpy(beta_rng.beta(mixup, mixup, B) if mixup > 0 else np.ones(B)).float()
+    lam_cut = torch.from_numpy(
+        beta_rng.beta(cutmix, cutmix, B) if cutmix > 0 else np.ones(B)
+    ).float()
     if dev.type == "cuda":  # pinned, so the copy does not wait on the queued GPU work
         lam_mix, lam_cut = lam_mix.pin_memory(), lam_cut.pin_memory()
-    lam_mix = lam_mix.float().to(dev, non_blocking=True)
-    lam_cut = lam_cut.float().to(dev, non_blocking=True)
+    lam_mix = lam_mix.to(dev, non_blocking=True)
+    lam_cut = lam_cut.to(dev, non_blocking=True)
     active = _rand(B, gen) < prob
     mask, cut_area = _boxes(B, H, W, 1 - lam_cut, torch.ones(B, device=dev), gen)
     mask &= (active & use_cut).view(B, 1, 1, 1)
