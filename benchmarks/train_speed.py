@@ -8,7 +8,7 @@ Prints a markdown table of images/s:
     and the best recipe's (RandAugment, random erasing, MixUp/CutMix, EMA).
 
     python benchmarks/train_speed.py                 # CPU, batch 256
-    python benchmarks/train_speed.py --device cuda --steps 50
+    python benchmarks/train_speed.py --device cuda --steps 50 --compile
     python benchmarks/train_speed.py --profile       # where the bf16 step's time goes
 """
 
@@ -124,6 +124,7 @@ def main() -> None:
     )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--skip-timm", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     args = p.parse_args()
     device = resolve_device(args.device)
     low = torch.bfloat16
@@ -152,6 +153,21 @@ def main() -> None:
                 flush=True,
             )
     dtype = low if device.type in ("cuda", "cpu") else torch.float32
+    if args.compile:
+        impl = "plain" if device.type == "cpu" else "sdpa"
+        torch.manual_seed(0)
+        model = ViT(dataclasses.replace(seed_cfg.model))
+        model.set_attention(impl)
+        compiled = torch.compile(model)
+        t = time.perf_counter()
+        step_speed(compiled, device, dtype, args.batch, 1, 1)  # compiles forward and backward
+        compile_s = time.perf_counter() - t
+        r = step_speed(compiled, device, dtype, args.batch, args.steps, args.warmup)
+        print(
+            f"| step: vitsam ViT, {impl} attention, torch.compile ({compile_s:.0f} s to compile) "
+            f"| {str(dtype)[6:]} | {r:.0f} |",
+            flush=True,
+        )
     best = ViT(preset("best").model)  # no dropout, stochastic depth, mean pooling
     best.set_attention("plain" if device.type == "cpu" else "sdpa")
     r = step_speed(best, device, dtype, args.batch, args.steps, args.warmup)

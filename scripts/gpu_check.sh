@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU measurements that docs/BENCHMARKS.md owes, as one prepared command for a GPU
+# machine that already has PyTorch, torchvision, numpy, tqdm, matplotlib, pyyaml and timm
+# (vitsam runs from src/ without installing). Stages, in the order given (default: all):
+#
+#   seed   vitsam train --preset seed, 200 epochs, on the CIFAR-10 archive
+#   best   vitsam train --preset best, 200 epochs
+#   bench  benchmarks/train_speed.py --device cuda --steps 50 --compile
+#
+# Each stage runs under its own time limit (STAGE_LIMIT_S, default 280 s) and a failing
+# stage does not stop the next. Logs, metrics and the summary go to $OUT (default
+# runs/gpu); checkpoints stay in runs/gpu-*. On this project's device tool:
+#
+#   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
+#   run(command="bash scripts/gpu_check.sh seed best", carry=[".data"], timeout_s=600)
+#
+# Rehearse it on a CPU with tiny settings:
+#   EXTRA="--epochs 1 --train-subset 512 --test-subset 256 --device cpu" BENCH_EXTRA="--device cpu --steps 1 --warmup 1 --skip-timm" bash scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu}
+DATA=${VITSAM_CIFAR:-.data/cifar10-jpeg.tar.gz}
+LIMIT=${STAGE_LIMIT_S:-280}
+EXTRA=${EXTRA:-}
+BENCH_EXTRA=${BENCH_EXTRA:---device cuda --steps 50 --compile}
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(seed best bench)
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
+} 2>&1 | tee "$OUT/env.txt"
+
+for stage in "${stages[@]}"; do
+  echo "== $stage (limit ${LIMIT}s)"
+  case $stage in
+  seed | best)
+    rm -rf "runs/gpu-$stage"
+    # shellcheck disable=SC2086  # EXTRA is a list of flags
+    timeout "$LIMIT" $PY -m vitsam train --preset "$stage" --dataset "$DATA" --quiet \
+      --out "runs/gpu-$stage" $EXTRA 2>&1 | tee "$OUT/$stage.log"
+    echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/$stage.log"
+    cp "runs/gpu-$stage/metrics.jsonl" "$OUT/$stage.metrics.jsonl" 2>/dev/null
+    ;;
+  bench)
+    # shellcheck disable=SC2086
+    timeout "$LIMIT" $PY benchmarks/train_speed.py $BENCH_EXTRA 2>&1 | tee "$OUT/train_speed.md"
+    ;;
+  *) echo "unknown stage $stage (seed, best, bench)" ;;
+  esac
+done
+
+runs=()
+for stage in "${stages[@]}"; do
+  [[ $stage =~ ^(seed|best)$ && -s runs/gpu-$stage/metrics.jsonl ]] && runs+=("runs/gpu-$stage")
+done
+[ ${#runs[@]} -gt 0 ] && $PY benchmarks/time_to_accuracy.py "${runs[@]}" | tee "$OUT/summary.md"
+exit 0
