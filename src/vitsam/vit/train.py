@@ -311,7 +311,7 @@ class Trainer:
                 self.best_acc = result.accuracy
                 save_atomic(self.weights_checkpoint(test_acc=result.accuracy), self.out / "best.pt")
             save_atomic(self.state(), self.out / "last.pt")
-            # redrawing takes ~0.1 s, a sixth of an epoch on a fast GPU: at most every 10 s
+            # a redraw takes ~0.1 s, which adds up over short GPU epochs: at most every 10 s
             if self.epoch in (1, cfg.epochs) or time.monotonic() - plotted >= 10:
                 plot_curves(self.history, self.out / "curves.png")
                 plotted = time.monotonic()
