@@ -194,25 +194,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    import torch
-
     from vitsam.images import open_image
     from vitsam.vit.analysis import attention_maps, draw_attention
     from vitsam.vit.evaluate import load_classifier
-    from vitsam.vit.loaders import Normalize
 
     clf = load_classifier(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     size = (clf.image_size, clf.image_size)
-    norm = Normalize(clf.mean, clf.std, torch.device("cpu"))
     for name in args.images:
-        image = open_image(name).resize(size, 3)
-        x = torch.from_numpy(
-            __import__("numpy").asarray(image.convert("L" if clf.channels == 1 else "RGB")).copy()
-        )
-        x = x.reshape(1, *size, clf.channels).permute(0, 3, 1, 2)
-        maps = attention_maps(clf.model, norm(x))
+        image = open_image(name).resize(size, 3)  # the picture the maps are drawn over
+        maps = attention_maps(clf.model, clf.batch([image]))
         label, p = clf.predict([image], top_k=1)[0][0]
         path = out / f"{Path(name).stem}.attention.png"
         draw_attention(image, maps, 0, path, title=f"{label} {p:.2f}")

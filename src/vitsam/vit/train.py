@@ -282,8 +282,8 @@ class Trainer:
                     f"{self.out / 'last.pt'} keeps the last good state (epoch {self.epoch}). "
                     "Lower --lr, set --grad-clip 1.0, or use --precision fp32"
                 )
-            seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
+            seconds = t1 - t0
             result = evaluate(
                 self.eval_model(),
                 self.data.test,
