@@ -49,16 +49,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from vitsam.vit.config import ModelConfig, preset
+    from vitsam.vit.config import MODEL_FIELDS, TRAIN_FIELDS, override, preset
 
-    cfg = preset(args.preset)
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    for f in dataclasses.fields(type(cfg)):
-        if f.name != "model" and getattr(args, f.name, None) is not None:
-            setattr(cfg, f.name, getattr(args, f.name))
-    overrides = {k: getattr(args, k) for k in model_fields if getattr(args, k, None) is not None}
-    cfg.model = dataclasses.replace(cfg.model, **overrides)
-    return cfg
+    given = {k: v for k in MODEL_FIELDS | TRAIN_FIELDS if (v := getattr(args, k, None)) is not None}
+    return override(preset(args.preset), given)
 
 
 # --- commands --------------------------------------------------------------------------

@@ -13,7 +13,15 @@ from typing import Any
 import torch
 
 from vitsam.errors import VitsamError
-from vitsam.vit.config import ModelConfig, TrainConfig, from_dict, preset
+from vitsam.vit.config import (
+    MODEL_FIELDS,
+    TRAIN_FIELDS,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    override,
+    preset,
+)
 from vitsam.vit.model import ViT, count_parameters
 
 log = logging.getLogger("vitsam")
@@ -108,9 +116,6 @@ def draw_attention(
 
 # --- sweeps ----------------------------------------------------------------------------
 
-MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
-
 
 @dataclasses.dataclass
 class SweepSpec:
@@ -160,12 +165,7 @@ class SweepSpec:
             values = dict(point)
             fields = {**self.base, **{k: v for k, v in values.items() if k != "variant"}}
             fields.update(self.variants.get(values.get("variant"), {}))
-            cfg = preset(self.preset)
-            model = {k: v for k, v in fields.items() if k in MODEL_FIELDS}
-            cfg.model = dataclasses.replace(cfg.model, **model)
-            for k, v in fields.items():
-                if k in TRAIN_FIELDS:
-                    setattr(cfg, k, tuple(v) if k == "betas" else v)
+            cfg = override(preset(self.preset), fields)
             name = "-".join(f"{k}={v}" for k, v in values.items()).replace("/", "_") or "base"
             out.append((name, cfg, values))
         return out

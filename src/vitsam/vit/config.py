@@ -132,6 +132,20 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]()
 
 
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"model"}
+
+
+def override(cfg: TrainConfig, fields: dict[str, Any]) -> TrainConfig:
+    """A copy of `cfg` with fields set by their flat names (`depth`, `epochs`, ...)."""
+    unknown = set(fields) - MODEL_FIELDS - TRAIN_FIELDS
+    if unknown:
+        raise VitsamError(f"not config fields: {sorted(unknown)} (see vitsam train --help)")
+    model = {k: v for k, v in fields.items() if k in MODEL_FIELDS}
+    train = {k: tuple(v) if k == "betas" else v for k, v in fields.items() if k in TRAIN_FIELDS}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model), **train)
+
+
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
