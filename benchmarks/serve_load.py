@@ -60,6 +60,8 @@ def main() -> None:
         )  # fmt: skip
         try:
             while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"the server exited with status {proc.returncode}")
                 try:
                     if httpx.get(url + "/healthz").status_code == 200:
                         break
