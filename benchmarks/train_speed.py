@@ -1,11 +1,13 @@
 """Training throughput of the seed ViT: the step alone, and end to end with data and augmentation.
 
-Prints a markdown table of images/s:
+Prints the CPU (model, bf16 units), the matmul ceiling at the model's shapes in fp32 and
+bf16 (GFLOP/s), and a markdown table of images/s with the step's achieved GFLOP/s:
   - the training step (forward, backward, AdamW) of our ViT per attention path and precision,
     and of timm's VisionTransformer built with the same config in the same loop;
   - end to end (data + augmentation + step) with the device-resident loader and with the
     textbook torchvision DataLoader pipeline, for the seed recipe's augmentation (crop+flip)
-    and the best recipe's (RandAugment, random erasing, MixUp/CutMix, EMA).
+    and the best recipe's (RandAugment, random erasing, MixUp/CutMix, EMA), at the
+    precision `--precision auto` picks on this machine.
 
     python benchmarks/train_speed.py                 # CPU, batch 256
     python benchmarks/train_speed.py --device cuda --steps 50 --compile
@@ -21,7 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vitsam.devices import resolve_device
+from vitsam.devices import cpu_description, matmul_gflops, resolve_device, resolve_precision
+from vitsam.vit.analysis import flops_per_image
 from vitsam.vit.config import preset
 from vitsam.vit.data import ArrayDataset
 from vitsam.vit.evaluate import autocast
@@ -132,27 +135,37 @@ def main() -> None:
         profile(device, low, args.batch)
         return
     seed_cfg = preset("seed")
+    where = cpu_description() if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(
-        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {device} ({where}), torch {torch.__version__}, "
         f"batch {args.batch}, {args.steps} timed steps\n"
     )
-    print("| what | precision | images/s |\n|---|---|---|")
-    rows = []
+    # a training step is about 3x the forward's FLOPs (forward, and two products backward)
+    step_gflop = 3 * flops_per_image(seed_cfg.model) / 1e9
+    if device.type == "cpu":
+        m = args.batch * 65  # tokens in a batch of the seed model
+        print("matmul ceiling at the model's shapes (GFLOP/s):\n")
+        print("| shape | fp32 | bf16 |\n|---|---|---|")
+        for k, n in ((256, 768), (256, 512), (512, 256)):
+            f32, b16 = (matmul_gflops(d, m, k, n) for d in (torch.float32, torch.bfloat16))
+            print(f"| ({m}, {k}) @ ({k}, {n}) | {f32:.0f} | {b16:.0f} |")
+        print()
+    print("| what | precision | images/s | step GFLOP/s |\n|---|---|---|---|")
+
+    def row(what: str, dtype: torch.dtype, r: float) -> None:
+        print(f"| {what} | {str(dtype)[6:]} | {r:.0f} | {r * step_gflop:.0f} |", flush=True)
+
     for dtype in (torch.float32, low):
         for impl in ("sdpa", "plain"):
             torch.manual_seed(0)
             model = ViT(dataclasses.replace(seed_cfg.model))
             model.set_attention(impl)
             r = step_speed(model, device, dtype, args.batch, args.steps, args.warmup)
-            rows.append((f"step: vitsam ViT, {impl} attention", dtype, r))
-            print(f"| {rows[-1][0]} | {str(dtype)[6:]} | {r:.0f} |", flush=True)
+            row(f"step: vitsam ViT, {impl} attention", dtype, r)
         if not args.skip_timm:
             r = step_speed(timm_vit(seed_cfg), device, dtype, args.batch, args.steps, args.warmup)
-            print(
-                f"| step: timm VisionTransformer (fused attention) | {str(dtype)[6:]} | {r:.0f} |",
-                flush=True,
-            )
-    dtype = low if device.type in ("cuda", "cpu") else torch.float32
+            row("step: timm VisionTransformer (fused attention)", dtype, r)
+    dtype = resolve_precision("auto", device)  # what training would use here
     if args.compile:
         impl = "plain" if device.type == "cpu" else "sdpa"
         torch.manual_seed(0)
@@ -163,18 +176,11 @@ def main() -> None:
         step_speed(compiled, device, dtype, args.batch, 1, 1)  # compiles forward and backward
         compile_s = time.perf_counter() - t
         r = step_speed(compiled, device, dtype, args.batch, args.steps, args.warmup)
-        print(
-            f"| step: vitsam ViT, {impl} attention, torch.compile ({compile_s:.0f} s to compile) "
-            f"| {str(dtype)[6:]} | {r:.0f} |",
-            flush=True,
-        )
+        row(f"step: vitsam ViT, {impl} attention, torch.compile ({compile_s:.0f} s)", dtype, r)
     best = ViT(preset("best").model)  # no dropout, stochastic depth, mean pooling
     best.set_attention("plain" if device.type == "cpu" else "sdpa")
     r = step_speed(best, device, dtype, args.batch, args.steps, args.warmup)
-    print(
-        f"| step: vitsam ViT, best recipe's model settings | {str(dtype)[6:]} | {r:.0f} |",
-        flush=True,
-    )
+    row("step: vitsam ViT, best recipe's model settings", dtype, r)
     for recipe in ("seed", "best"):
         for loader in ("device", "dataloader"):
             r = end_to_end_speed(
@@ -185,10 +191,7 @@ def main() -> None:
                 if loader == "device"
                 else f"textbook DataLoader ({args.workers} workers)"
             )
-            print(
-                f"| end to end, {recipe} recipe aug: {name} | {str(dtype)[6:]} | {r:.0f} |",
-                flush=True,
-            )
+            row(f"end to end, {recipe} recipe aug: {name}", dtype, r)
 
 
 if __name__ == "__main__":

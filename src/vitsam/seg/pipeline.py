@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -9,13 +10,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitsam.devices import resolve_device, resolve_precision
+from vitsam.devices import choose_precision, resolve_device
 from vitsam.errors import VitsamError
 from vitsam.images import open_image, to_rgb
 from vitsam.seg.detect import Detector, nms, split_prompt
 from vitsam.seg.masks import MaskPredictor
 from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from vitsam.seg.results import Detection, Segmentation
+
+log = logging.getLogger("vitsam")
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -55,11 +58,11 @@ def check_boxes(boxes) -> np.ndarray:
 
 
 def seg_precision(name: str, device: torch.device) -> torch.dtype:
-    """'auto' is fp32 on the CPU (the models were trained in fp32; CPU gains are small) and
-    bf16 on CUDA; named precisions as for training."""
-    if name == "auto" and device.type != "cuda":
-        return torch.float32
-    return resolve_precision(name, device)
+    """The models' dtype: the same rule as training (`devices.choose_precision`: 'auto' is
+    bf16 on GPUs and on CPUs with bf16 matrix units), logged with the reason."""
+    precision = choose_precision(name, device)
+    log.info("segmentation precision %s", precision)
+    return precision.dtype
 
 
 class TextSegmenter:
