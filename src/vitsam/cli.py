@@ -63,8 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vitsam.vit.config import to_json
 
     if args.resume:
-        fields = ("device", "precision", "workers", "compile", "epochs")
-        overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+        from vitsam.vit.config import MODEL_FIELDS, TRAIN_FIELDS
+
+        given = MODEL_FIELDS | TRAIN_FIELDS
+        overrides = {k: v for k in given if (v := getattr(args, k, None)) is not None}
         history = training.resume(args.resume, progress=not args.quiet, **overrides)
         out = args.resume
     else:
@@ -108,13 +110,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     clf.to(device)
+    # the precision the training run evaluated in, so both report the same accuracy
+    precision = args.precision or cfg.get("eval_precision", "fp32")
+    if precision == "auto":
+        precision = cfg.get("precision", "auto")
     result = evaluate(
         clf.model,
         test,
         Normalize(clf.mean, clf.std, device),
         device,
-        resolve_precision(args.precision, device),
-        tta_flip=args.tta_flip,
+        resolve_precision(precision, device),
+        tta_flip=cfg.get("tta_flip", False) if args.tta_flip is None else args.tta_flip,
     )
     k = len(clf.classes)
     cm = confusion_matrix(result.predictions, result.labels, k)
@@ -320,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="seed", choices=list(PRESETS), help="recipe to start from")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue a stopped run from RUN_DIR/last.pt"
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from RUN_DIR/last.pt (--epochs N extends it; --device, "
+        "--precision, --eval-precision, --workers, --compile may change; nothing else)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(p)
@@ -334,8 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="where to write confusion.png/json (default: beside the checkpoint)"
     )
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="default: the run's eval_precision (fp32 unless set), as training evaluated",
+    )
+    p.add_argument(
+        "--tta-flip",
+        action=argparse.BooleanOptionalAction,
+        help="average with the mirrored image (default: as the run evaluated)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k labels for image files")

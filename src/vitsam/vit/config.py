@@ -39,6 +39,10 @@ class ModelConfig:
             raise VitsamError(f"unknown attn_impl {self.attn_impl!r}: choose auto, sdpa or plain")
 
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("warmup-cosine", "warmup-linear", "warmup-constant")
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -52,8 +56,10 @@ class TrainConfig:
     # optimisation
     epochs: int = 200
     batch_size: int = 256
+    optimizer: str = "adamw"  # "adamw" (decoupled weight decay) or "sgd" (Nesterov, momentum betas[0])
+    schedule: str = "warmup-cosine"  # linear warmup, then "cosine", "linear" or "constant" to the end
     lr: float = 3e-4  # peak learning rate after warmup
-    min_lr: float = 0.0  # learning rate at the end of the cosine
+    min_lr: float = 0.0  # learning rate at the end of the schedule
     weight_decay: float = 0.05
     warmup_epochs: float = 5.0  # linear warmup from 0, in epochs (fractions allowed)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -74,10 +80,21 @@ class TrainConfig:
     tta_flip: bool = False  # evaluate on the image and its mirror, averaging the logits
     # machine
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # of training: auto = bf16 where the hardware runs it fast
+    eval_precision: str = "fp32"  # of test-set evaluation (also `vitsam eval`'s default); auto = as trained
     compile: bool = False  # torch.compile the model
     seed: int = 0
     out: str = "runs/vit"  # run directory
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise VitsamError(
+                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise VitsamError(
+                f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"
+            )
 
 
 def _preset_seed() -> TrainConfig:

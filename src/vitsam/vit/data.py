@@ -7,7 +7,6 @@ class names); the loaders in `loaders.py` feed it to training.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import tarfile
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 
 from vitsam.errors import VitsamError
-from vitsam.images import is_image_path, to_rgb
+from vitsam.images import decode_image, is_image_path
 
 log = logging.getLogger("vitsam")
 
@@ -136,12 +135,13 @@ def load_torchvision(name: str, root: Path) -> tuple[ArrayDataset, ArrayDataset]
     return out[0], out[1]
 
 
-def _decode(data: bytes, image_size: int) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        im = to_rgb(im)
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+def _decode(data: bytes, name: str, image_size: int) -> np.ndarray:
+    """Image bytes -> (image_size, image_size, 3) uint8, upright as displayed (EXIF
+    orientation applied, as `predict` and `segment` read images)."""
+    im = decode_image(data, name)
+    if im.size != (image_size, image_size):
+        im = im.resize((image_size, image_size), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _read(read) -> bytes | Exception:
@@ -199,7 +199,7 @@ def load_image_folder(path: Path, image_size: int = 32) -> tuple[ArrayDataset, A
             try:
                 if isinstance(data, Exception):
                     raise data
-                arrays.append(_decode(data, image_size))
+                arrays.append(_decode(data, name, image_size))
                 labels.append(index[cls])
             except Exception as e:  # noqa: BLE001 - any decoder failure means a bad file
                 log.warning("skipping unreadable image %s (%s)", name, e)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitsam.devices import resolve_device, resolve_precision, seed_everything
+from vitsam.devices import choose_precision, resolve_device, seed_everything
 from vitsam.errors import VitsamError
 from vitsam.vit import augment
 from vitsam.vit.config import TrainConfig, from_dict, to_dict, to_json
@@ -50,12 +50,25 @@ def prepare_data(cfg: TrainConfig) -> Data:
     return Data(train, test, mean, std)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warmup from ~0 to 1, then cosine decay to min_ratio."""
+def lr_factor(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float,
+    schedule: str = "warmup-cosine",
+) -> float:
+    """The learning rate of `step` (0-based) as a share of the peak.
+
+    Linear warmup from ~0 to 1 over `warmup_steps`, then to `min_ratio` at `total_steps`:
+    half a cosine (Loshchilov & Hutter, SGDR, 2017), a straight line, or held constant.
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    t = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    if schedule == "warmup-constant":
+        return 1.0
+    decay = 1 - t if schedule == "warmup-linear" else 0.5 * (1 + math.cos(math.pi * t))
+    return min_ratio + (1 - min_ratio) * decay
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -78,7 +91,14 @@ class Trainer:
         self.progress = progress
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.dtype = resolve_precision(cfg.precision, self.device)
+        precision = choose_precision(cfg.precision, self.device)
+        log.info("precision %s", precision)  # the run's first line: what was chosen and why
+        self.dtype = precision.dtype
+        self.eval_dtype = (
+            self.dtype
+            if cfg.eval_precision == "auto"
+            else choose_precision(cfg.eval_precision, self.device).dtype
+        )
         self.data = data or prepare_data(cfg)
         self.model = ViT(cfg.model).to(self.device)
         attn = cfg.model.attn_impl
@@ -94,12 +114,17 @@ class Trainer:
                 f"batch size {cfg.batch_size} is larger than the {len(self.data.train)} "
                 "training images: lower --batch-size"
             )
-        total = self.steps_per_epoch * cfg.epochs
-        warmup = max(1, round(self.steps_per_epoch * cfg.warmup_epochs))
-        ratio = cfg.min_lr / cfg.lr if cfg.lr else 0.0
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, warmup, total, ratio)
-        )
+        if cfg.warmup_epochs >= cfg.epochs:
+            capped = cfg.epochs / 5
+            log.warning(
+                "warmup of %g epochs is not shorter than the %d-epoch run: capped to %g "
+                "(a fifth of the run); set --warmup-epochs to choose",
+                cfg.warmup_epochs,
+                cfg.epochs,
+                capped,
+            )
+            cfg.warmup_epochs = capped
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         self.beta_rng = np.random.default_rng(cfg.seed)
@@ -112,6 +137,15 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         fused = self.device.type in ("cuda", "cpu")  # one kernel for the whole update
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                self.model.parameters(),
+                cfg.lr,
+                momentum=cfg.betas[0],
+                nesterov=True,
+                weight_decay=cfg.weight_decay,
+                fused=fused,
+            )
         return torch.optim.AdamW(
             self.model.parameters(),
             cfg.lr,
@@ -119,6 +153,13 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             fused=fused,
         )
+
+    def lr_factor(self, step: int) -> float:
+        """The schedule for cfg.epochs (read at every step, so extending a run rebuilds it)."""
+        cfg = self.cfg
+        warmup = max(1, round(self.steps_per_epoch * cfg.warmup_epochs))
+        ratio = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+        return lr_factor(step, warmup, self.steps_per_epoch * cfg.epochs, ratio, cfg.schedule)
 
     def _loader(self):
         kind = self.cfg.loader
@@ -169,24 +210,44 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "gen": self.gen.get_state(),
+                "gen_device": self.gen.device.type,
                 "beta": json.dumps(self.beta_rng.bit_generator.state),
             },
         }
         return s
 
     def load_state(self, s: dict) -> None:
+        """Restore a `state()`; the schedule follows this run's cfg.epochs from here on."""
         self.model.load_state_dict(s["model"])
         if self.ema is not None:
             self.ema.load_state_dict(s["weights"])
         self.opt.load_state_dict(s["optimizer"])
         self.sched.load_state_dict(s["scheduler"])
+        # the optimizer holds the last learning rate of the saved schedule (0.0 at the end of
+        # a finished cosine): set the one this run's schedule gives the next step
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group["lr"] = base * self.lr_factor(self.sched.last_epoch)
         self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.best_acc, self.history = s["epoch"], s["best_acc"], list(s["history"])
         rng = s["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.gen.set_state(rng["gen"])
+        saved_on = rng.get("gen_device", self.gen.device.type)
+        try:
+            if saved_on != self.gen.device.type:
+                raise RuntimeError(f"generator state of a {saved_on} generator")
+            self.gen.set_state(rng["gen"])
+        except RuntimeError:
+            # another device's generator (a CUDA run resumed on a CPU): the data order and
+            # augmentation from here on are reseeded, not those of the original machine
+            log.warning(
+                "the checkpoint's data-order generator is a %s one, this run's is %s: "
+                "reseeded from (seed, epoch), so later batches differ from the original run",
+                saved_on,
+                self.gen.device.type,
+            )
+            self.gen.manual_seed(self.cfg.seed * 100_003 + self.epoch)
         self.beta_rng.bit_generator.state = json.loads(rng["beta"])
 
     # --- one epoch ---------------------------------------------------------------------
@@ -289,7 +350,7 @@ class Trainer:
                 self.data.test,
                 self.normalize,
                 self.device,
-                self.dtype,
+                self.eval_dtype,
                 cfg.tta_flip,
             )
             self.epoch += 1
@@ -303,6 +364,7 @@ class Trainer:
                 "epoch_seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t1, 3),
+                "eval_precision": str(self.eval_dtype).replace("torch.", ""),
             }
             self.history.append(row)
             with open(self.out / "metrics.jsonl", "a") as f:
@@ -336,13 +398,19 @@ def train(cfg: TrainConfig, progress: bool = False, on_epoch_end=None) -> list[d
     return Trainer(cfg, progress=progress).run(on_epoch_end)
 
 
+# Fields a resumed run may change: where and how fast it runs, and its length.
+RESUMABLE_FIELDS = frozenset({"device", "precision", "eval_precision", "workers", "compile", "epochs"})
+
+
 def resume(
     run_dir: str | Path, progress: bool = False, on_epoch_end=None, **overrides
 ) -> list[dict]:
     """Continue a run from RUN_DIR/last.pt: model, optimizer, schedule, scaler, RNG, epoch.
 
-    `overrides` may change fields that do not alter the run's maths (device, out, epochs
-    to extend it); the metrics log is truncated to the checkpoint's epoch.
+    `overrides` may change the fields in RESUMABLE_FIELDS; a new `epochs` extends (or
+    shortens) the run, and the learning-rate schedule is rebuilt for the new length from
+    the next step on. The metrics log is truncated to the checkpoint's epoch. Raises
+    VitsamError for any other field, or when RUN_DIR has no last.pt.
     """
     run_dir = Path(run_dir)
     path = run_dir / "last.pt"
@@ -353,8 +421,25 @@ def resume(
     state = read_checkpoint(path)
     cfg = from_dict(state["config"])
     cfg.out = str(run_dir)
+    changes = set(overrides) - RESUMABLE_FIELDS
+    if changes:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changes))
+        raise VitsamError(
+            f"{flags} cannot change when resuming {run_dir} (only "
+            f"{', '.join('--' + k for k in sorted(RESUMABLE_FIELDS))} can): start a new run "
+            "with another --out to train with different settings"
+        )
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    if cfg.epochs != state["config"]["epochs"]:
+        log.info(
+            "the run was planned for %d epochs, now %d: its learning-rate schedule is rebuilt "
+            "for %d epochs from epoch %d on",
+            state["config"]["epochs"],
+            cfg.epochs,
+            cfg.epochs,
+            state["epoch"] + 1,
+        )
     trainer = Trainer(cfg, progress=progress)
     trainer.load_state(state)
     metrics = run_dir / "metrics.jsonl"

@@ -1,0 +1,125 @@
+"""Training runs as users extend, resume and configure them (issue: inputs from the field)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import tiny_config
+from vitsam.cli import main
+from vitsam.errors import VitsamError
+from vitsam.vit import train as training
+from vitsam.vit.data import load_image_folder
+
+
+def _rows(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_extending_a_finished_run_rebuilds_the_schedule(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=2)
+    first = training.train(cfg)
+    assert first[-1]["lr"] > 0
+    resumed = training.resume(cfg.out, epochs=4)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    # epoch 3 starts where a 4-epoch cosine is half-way (warmup 0.5 epoch): well above 0
+    t = training.Trainer(tiny_config(tmp_path / "ref", epochs=4))
+    expected = cfg.lr * t.lr_factor(2 * t.steps_per_epoch)
+    assert resumed[2]["lr"] == pytest.approx(expected, rel=1e-6)
+    assert expected > 0.4 * cfg.lr
+    assert [r["epoch"] for r in _rows(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_change_to_the_runs_maths(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, epochs=1)
+    training.train(cfg)
+    with pytest.raises(VitsamError, match="--batch-size cannot change when resuming"):
+        training.resume(cfg.out, batch_size=8)
+    assert main(["train", "--resume", cfg.out, "--batch-size", "8"]) == 2
+    assert "--batch-size cannot change" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_devices_generator_resumes(tmp_path, caplog):
+    """A last.pt written on a CUDA machine carries a CUDA generator state (16 bytes)."""
+    cfg = tiny_config(tmp_path, epochs=1)
+    training.train(cfg)
+    path = tmp_path / "run" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["rng"]["gen"] = torch.zeros(16, dtype=torch.uint8)
+    state["rng"]["gen_device"] = "cuda"
+    torch.save(state, path)
+    with caplog.at_level("WARNING", logger="vitsam"):
+        history = training.resume(cfg.out, epochs=2)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert "generator is a cuda one" in caplog.text
+
+
+def test_warmup_not_shorter_than_the_run_is_capped(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, epochs=4, warmup_epochs=5.0)
+    with caplog.at_level("WARNING", logger="vitsam"):
+        trainer = training.Trainer(cfg)
+    assert cfg.warmup_epochs == pytest.approx(0.8)
+    assert "capped to 0.8" in caplog.text
+    peak = [trainer.lr_factor(s) for s in range(4 * trainer.steps_per_epoch)]
+    assert max(peak) == pytest.approx(1.0)
+
+
+def test_print_config_names_optimizer_and_schedule(capsys):
+    assert main(["train", "--preset", "seed", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["optimizer"], cfg["schedule"], cfg["eval_precision"]) == (
+        "adamw",
+        "warmup-cosine",
+        "fp32",
+    )
+    args = ["train", "--optimizer", "sgd", "--schedule", "warmup-linear", "--print-config"]
+    assert main(args) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["optimizer"], cfg["schedule"]) == ("sgd", "warmup-linear")
+    assert main(["train", "--schedule", "step", "--print-config"]) == 2
+
+
+@pytest.mark.parametrize("schedule", ["warmup-cosine", "warmup-linear", "warmup-constant"])
+def test_schedules_warm_up_then_end_where_they_say(schedule):
+    f = [training.lr_factor(s, 10, 100, 0.01, schedule) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    end = {"warmup-cosine": 0.01, "warmup-linear": 0.01, "warmup-constant": 1.0}[schedule]
+    assert f[100] == pytest.approx(end)
+    if schedule == "warmup-linear":  # a straight line: half-way is half-way
+        assert f[55] == pytest.approx(0.01 + 0.99 * 0.5)
+
+
+def test_sgd_trains(tmp_path):
+    history = training.train(tiny_config(tmp_path, optimizer="sgd", lr=0.05, epochs=2))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_training_and_eval_report_the_same_accuracy(tmp_path, capsys):
+    """The run evaluates in its eval_precision (fp32 by default) and records it; `vitsam
+    eval` reads it, so the two agree even when training ran in bf16."""
+    cfg = tiny_config(tmp_path, epochs=1, precision="bf16", test_subset=0)  # eval: all
+    history = training.train(cfg)
+    assert history[-1]["eval_precision"] == "float32"
+    assert main(["eval", cfg.out, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    top1 = float(out.split("top-1 accuracy: ")[1].split()[0])
+    assert top1 == pytest.approx(history[-1]["test_acc"], abs=1e-4)
+
+
+def test_image_folder_training_reads_images_upright(tmp_path):
+    """A photo stored sideways with EXIF orientation 6 is trained as it is displayed."""
+    arr = np.zeros((32, 16, 3), dtype=np.uint8)  # stored 16 wide, 32 tall
+    arr[:8] = 255  # white band at the stored top
+    for split in ("train", "test"):
+        d = tmp_path / "ds" / split / "only"
+        d.mkdir(parents=True)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        Image.fromarray(arr).save(d / "a.jpg", exif=exif, quality=95)
+    train, _ = load_image_folder(tmp_path / "ds", image_size=32)
+    img = train.images[0].float().mean(0)  # (H, W)
+    # displayed upright, the stored top band is the right-hand side
+    assert img[:, -6:].mean() > 200 and img[:, :6].mean() < 50
