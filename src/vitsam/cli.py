@@ -223,6 +223,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from vitsam.seg.pipeline import as_image, check_boxes
     from vitsam.seg.results import FORMATS, save
 
+    if args.box:
+        _check_box_segmenter(args.segmenter)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
@@ -268,6 +270,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
         tqdm.write(f"{path}: {len(result.detections)} detections ({found})")
     print(f"{len(images) - failed} of {len(images)} images segmented; outputs in {out}")
     return 1 if failed else 0
+
+
+def _check_box_segmenter(segmenter: str) -> None:
+    """SAM 3 finds objects from text: refuse box prompts before it loads."""
+    from vitsam.seg.registry import SEGMENTERS, resolve
+    from vitsam.seg.sam3 import no_box_prompts
+
+    if resolve(segmenter, SEGMENTERS, "segmenter")[0] == "sam3":
+        raise no_box_prompts(segmenter)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
