@@ -141,3 +141,11 @@ def test_serve_offers_sam3_beside_a_detector_pipeline(models, video_models, phot
     assert client.post("/v1/segment", data=data, files=files).json()["detector"] == models[
         "grounding_dino"
     ]
+
+
+def test_an_original_sam3_checkpoint_is_named_not_mapped(tmp_path, photo, capsys):
+    path = tmp_path / "sam3.pt"
+    torch.save({"model": {"detector.backbone.vision_backbone.trunk.pos_embed": torch.zeros(2)}}, path)
+    assert main(["segment", str(photo), "--box", "1,1,20,20", "--segmenter", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "original SAM 3 checkpoint" in err and "facebook/sam3" in err and err.count("\n") == 1
