@@ -65,3 +65,12 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     names = ("grounding_dino", "sam2", "sam", "owlv2", "clipseg")
     return {name: str(getattr(seg_models, name)(root / name)) for name in names}
+
+
+@pytest.fixture(scope="session")
+def video_models(tmp_path_factory):
+    """Tiny SAM 3 (detector + tracker, as facebook/sam3) and SAM 2 video models (no network)."""
+    from tests import seg_models
+
+    root = tmp_path_factory.mktemp("video-models")
+    return {name: str(getattr(seg_models, name)(root / name)) for name in ("sam3", "sam2_video")}

@@ -81,16 +81,19 @@ def grounding_dino(folder: Path) -> Path:
 
 
 def sam2(folder: Path) -> Path:
-    from transformers import (
-        Sam2Config,
-        Sam2HieraDetConfig,
-        Sam2ImageProcessor,
-        Sam2Model,
-        Sam2Processor,
-        Sam2VisionConfig,
-    )
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
     torch.manual_seed(0)
+    model = Sam2Model(Sam2Config(vision_config=_hiera_vision())).eval()
+    Sam2Processor(image_processor=Sam2ImageProcessor()).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _hiera_vision():
+    """The smallest Hiera that builds and runs (see the tiny-models notes)."""
+    from transformers import Sam2HieraDetConfig, Sam2VisionConfig
+
     hiera = Sam2HieraDetConfig(
         hidden_size=16,
         embed_dim_per_stage=[16, 32, 64, 128],
@@ -99,11 +102,7 @@ def sam2(folder: Path) -> Path:
         global_attention_blocks=[3],
         window_size_per_stage=[8, 4, 14, 7],
     )
-    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16])
-    model = Sam2Model(Sam2Config(vision_config=vision)).eval()
-    Sam2Processor(image_processor=Sam2ImageProcessor()).save_pretrained(folder)
-    model.save_pretrained(folder)
-    return folder
+    return Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16])
 
 
 def sam(folder: Path) -> Path:
@@ -205,3 +204,118 @@ def _clip_tokenizer(folder: Path):
         pad_token="!",
         model_max_length=16,
     )
+
+
+SAM3_SIDE = 112  # input side of the tiny SAM 3 (8x8 patches of 14 pixels)
+
+
+def sam3(folder: Path) -> Path:
+    """A tiny SAM 3 as the hub has it (sam3_video: detector + tracker); the image model loads
+    its detector half. Biased so that every query scores high (random weights score ~0)."""
+    from transformers import (
+        Sam3Config,
+        Sam3ImageProcessor,
+        Sam3TrackerVideoConfig,
+        Sam3VideoConfig,
+        Sam3VideoModel,
+        Sam3VideoProcessor,
+    )
+    from transformers.models.sam2_video.video_processing_sam2_video import (
+        Sam2VideoVideoProcessor,
+    )
+
+    torch.manual_seed(0)
+    side, cells = SAM3_SIDE, SAM3_SIDE // 14
+    text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # fmt: skip
+    small = {"num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    detector = Sam3Config(
+        vision_config=_sam3_vision(side),
+        text_config=text,
+        geometry_encoder_config=small,
+        detr_encoder_config=small,
+        detr_decoder_config={**small, "num_queries": 12},
+        mask_decoder_config={"num_attention_heads": 2},
+    )
+    tracker = Sam3TrackerVideoConfig(
+        vision_config=_sam3_vision(side),
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_fuser_num_layers=1,
+        memory_fuser_intermediate_dim=64,
+        mask_decoder_config={"mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+    )
+    config = Sam3VideoConfig(
+        detector_config=detector, tracker_config=tracker, low_res_mask_size=4 * cells
+    )
+    config.image_size = side  # propagates to the detector, tracker and feature sizes
+    model = Sam3VideoModel(config).eval()
+    with torch.no_grad():  # every query and the presence token score high
+        scoring = model.detector_model.dot_product_scoring
+        scoring.text_proj.weight.zero_()
+        scoring.text_proj.bias.fill_(1.0)
+        scoring.query_proj.bias.fill_(0.5)
+        model.detector_model.detr_decoder.presence_head.layer3.bias.fill_(5.0)
+    images = Sam3ImageProcessor(
+        size={"height": side, "width": side}, mask_size={"height": 4 * cells, "width": 4 * cells}
+    )
+    Sam3VideoProcessor(
+        image_processor=images,
+        video_processor=Sam2VideoVideoProcessor(size={"height": side, "width": side}),
+        tokenizer=_clip_tokenizer(folder),
+    ).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _sam3_vision(side: int):
+    from transformers import Sam3VisionConfig, Sam3ViTConfig
+
+    vit = Sam3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=side,
+        window_size=4,
+        global_attn_indexes=[1],
+        pretrain_image_size=side,
+    )
+    cells = side // vit.patch_size
+    sizes = [[4 * cells, 4 * cells], [2 * cells, 2 * cells], [cells, cells]]
+    return Sam3VisionConfig(backbone_config=vit, backbone_feature_sizes=sizes)
+
+
+def sam2_video(folder: Path) -> Path:
+    """A tiny SAM 2 as the hub's SAM 2.1 folders are (sam2_video): it tracks in video, and
+    its image half loads as Sam2Model for boxes. 128-pixel input: at the default 1024 the
+    memory attention alone takes seconds a frame on a CPU."""
+    from transformers import Sam2ImageProcessor, Sam2VideoConfig, Sam2VideoModel, Sam2VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import (
+        Sam2VideoVideoProcessor,
+    )
+
+    torch.manual_seed(0)
+    side, cells = 128, 128 // 16  # the image and its stride-16 feature map
+    vision = _hiera_vision()
+    vision.backbone_config.image_size = [side, side]
+    vision.backbone_feature_sizes = [[4 * cells, 4 * cells], [2 * cells, 2 * cells], [cells, cells]]
+    config = Sam2VideoConfig(
+        vision_config=vision,
+        image_size=side,
+        prompt_encoder_config={"image_size": side},
+        memory_attention_rope_feat_sizes=[cells, cells],
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_fuser_num_layers=1,
+        memory_fuser_intermediate_dim=64,
+    )
+    model = Sam2VideoModel(config).eval()
+    size = {"height": side, "width": side}
+    images = Sam2ImageProcessor(size=size, mask_size={"height": 4 * cells, "width": 4 * cells})
+    Sam2VideoProcessor(
+        image_processor=images, video_processor=Sam2VideoVideoProcessor(size=size)
+    ).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder

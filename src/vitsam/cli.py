@@ -228,7 +228,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from vitsam.seg.detect import split_prompt
     from vitsam.seg.pipeline import as_image, check_boxes
     from vitsam.seg.results import FORMATS, save
+    from vitsam.seg.videoio import is_video_path
 
+    if args.box:
+        _check_box_segmenter(args.segmenter)
+    if args.video or any(is_video_path(Path(p)) for p in args.inputs):
+        return _segment_videos(args)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
@@ -273,6 +278,95 @@ def cmd_segment(args: argparse.Namespace) -> int:
         found = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detections) or "nothing found"
         tqdm.write(f"{path}: {len(result.detections)} detections ({found})")
     print(f"{len(images) - failed} of {len(images)} images segmented; outputs in {out}")
+    return 1 if failed else 0
+
+
+def _check_box_segmenter(segmenter: str) -> None:
+    """SAM 3 finds objects from text: refuse box prompts before it loads."""
+    from vitsam.seg.registry import SEGMENTERS, resolve
+    from vitsam.seg.sam3 import no_box_prompts
+
+    if resolve(segmenter, SEGMENTERS, "segmenter")[0] == "sam3":
+        raise no_box_prompts(segmenter)
+
+
+LONG_VIDEO_S = 600  # a note is printed for videos longer than this (seconds)
+
+
+def _segment_videos(args: argparse.Namespace) -> int:
+    """`vitsam segment clip.mp4 ...`: tracks through each video, outputs as they are made."""
+    from tqdm import tqdm
+
+    from vitsam.seg.detect import split_prompt
+    from vitsam.seg.pipeline import check_boxes
+    from vitsam.seg.video import VIDEO_FORMATS, VideoSegmenter
+    from vitsam.seg.videoio import VideoReader, is_video_path
+
+    formats = tuple(f for f in (f.strip() for f in args.format.split(",")) if f in VIDEO_FORMATS)
+    if not formats:
+        raise VitsamError(f"for a video, --format takes {','.join(VIDEO_FORMATS)}; got {args.format!r}")
+    if args.box:
+        check_boxes(args.box)
+    else:
+        split_prompt(args.prompt or "")
+    if (args.max_frames is not None and args.max_frames < 1) or args.stride < 1:
+        raise VitsamError("--max-frames and --stride must be 1 or more")
+    videos = [Path(p) for p in args.inputs]
+    for v in videos:
+        if not v.exists():
+            raise VitsamError(f"{v}: no such file or folder")
+        if not (is_video_path(v) or (v.is_dir() and args.video)):
+            raise VitsamError(
+                f"{v}: not a video (.mp4 .mov .webm .mkv, or a folder of frames with --video): "
+                "segment images and videos in separate commands"
+            )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    segmenter = VideoSegmenter.from_pretrained(
+        detector=None if args.box else args.detector,
+        segmenter=args.segmenter,
+        device=args.device,
+        precision=args.precision,
+        redetect=args.redetect,
+        box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold,
+        nms_iou=args.nms,
+        max_detections=args.max_detections,
+    )
+    out, failed = Path(args.out), 0
+    for path in videos:
+        try:
+            with VideoReader(path, args.fps) as probe:
+                info = probe.info
+        except VitsamError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        total = info.frames_to_process(args.stride, args.max_frames)
+        if total and total * args.stride / info.fps > LONG_VIDEO_S:
+            log.info("%s: %d frames to process; --max-frames or --stride shorten it", path, total)
+        bar = tqdm(total=total, desc=path.name, unit="frame", disable=args.quiet)
+        try:
+            result = segmenter.segment(
+                path, args.prompt or "", out, formats=formats, boxes=args.box,
+                stride=args.stride, max_frames=args.max_frames, fps=args.fps,
+                on_frame=lambda frame, tracks, bar=bar: bar.update(1),
+            )  # fmt: skip
+        except VitsamError as e:
+            failed += 1
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        files = ", ".join(str(f) for f in result.files)
+        if result.stopped:
+            failed += 1
+            print(f"error: {result.stopped} (the {result.frames} frames before are in {files})",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"{path}: {result.frames} frames, {len(result.track_ids)} tracks: {files}")
+    print(f"{len(videos) - failed} of {len(videos)} videos segmented; outputs in {out}")
     return 1 if failed else 0
 
 
@@ -366,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "segment", help="masks for what a text prompt names (Grounding DINO -> SAM 2)"
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO")
     p.add_argument("--prompt", help="phrases separated by '.', e.g. 'cat. remote control'")
     p.add_argument("--detector", default="grounding-dino-tiny", help="short name, hub id or folder")
     p.add_argument(
@@ -395,6 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--quiet", action="store_true")
+    video = p.add_argument_group("video (.mp4 .mov .webm .mkv, or a folder of frames)")
+    video.add_argument("--video", action="store_true", help="each folder given is one video's frames")
+    video.add_argument("--max-frames", type=int, help="process at most this many frames")
+    video.add_argument("--stride", type=int, default=1, help="process every Nth frame")
+    video.add_argument(
+        "--redetect", type=int, default=20, metavar="N",
+        help="detector + SAM 2: detect again every N processed frames (0 = first frame only)",
+    )  # fmt: skip
+    video.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 30)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("serve", help="the web page and HTTP API for segmentation")

@@ -68,6 +68,11 @@ def load_original(path: str | Path):
         return ("sam", *sam_from_original(state))
     if "image_encoder.trunk.patch_embed.proj.weight" in state:
         return ("sam2", *sam2_from_original(state, Path(path).name))
+    if any(k.startswith("detector.backbone.") for k in state):
+        raise VitsamError(
+            f"{path}: an original SAM 3 checkpoint; these are not mapped: use the transformers "
+            "format (--segmenter sam3, i.e. facebook/sam3, or a folder saved with save_pretrained)"
+        )
     raise VitsamError(
         f"{path}: neither an original SAM nor SAM 2 checkpoint (unknown weight names)"
     )

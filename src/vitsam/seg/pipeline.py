@@ -15,8 +15,9 @@ from vitsam.errors import VitsamError
 from vitsam.images import open_image, to_rgb
 from vitsam.seg.detect import Detector, nms, split_prompt
 from vitsam.seg.masks import MaskPredictor
-from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, SEGMENTERS, resolve
 from vitsam.seg.results import Detection, Segmentation
+from vitsam.seg.sam3 import Sam3Segmenter
 
 log = logging.getLogger("vitsam")
 
@@ -85,6 +86,13 @@ class TextSegmenter:
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.nms_iou, self.max_detections = nms_iou, max_detections
 
+    @property
+    def detector_name(self) -> str:
+        """As results report it: SAM 3, its own detector, is reported as 'sam3'."""
+        if self.detector is None:
+            return ""
+        return "sam3" if self.detector is self.segmenter else self.detector.name
+
     @classmethod
     def from_pretrained(
         cls,
@@ -94,11 +102,17 @@ class TextSegmenter:
         precision: str = "auto",
         **options,
     ) -> TextSegmenter:
-        """Load both models (detector=None for box prompts only); options as in __init__."""
+        """Load both models (detector=None for box prompts only); options as in __init__.
+
+        A text-native segmenter (`sam3`) is its own detector: `detector` is then not loaded.
+        """
         dev = resolve_device(device)
         dtype = seg_precision(precision, dev)
+        seg = load_segmenter(segmenter, dev, dtype)
+        if isinstance(seg, Sam3Segmenter):
+            return cls(seg, seg, **options)
         det = Detector.from_pretrained(detector, dev, dtype) if detector else None
-        return cls(det, MaskPredictor.from_pretrained(segmenter, dev, dtype), **options)
+        return cls(det, seg, **options)
 
     def segment(
         self,
@@ -145,11 +159,11 @@ class TextSegmenter:
             image.width,
             image.height,
             prompt,
-            self.detector.name if self.detector else "",
+            self.detector_name,
             self.segmenter.name,
             found,
         )
-        if not found:
+        if not found or all(d.mask is not None for d in found):  # SAM 3: masks came with them
             return result
         t0 = time.perf_counter()
         self.segmenter.set_image(image)
@@ -159,3 +173,12 @@ class TextSegmenter:
             d.mask, d.mask_score = m, float(s)
         result.timings.update(image_encoder=t1 - t0, mask_decoder=time.perf_counter() - t1)
         return result
+
+
+def load_segmenter(
+    name: str, device: torch.device, dtype: torch.dtype
+) -> MaskPredictor | Sam3Segmenter:
+    """A segmenter by name: SAM / SAM 2 (a mask per given box) or SAM 3 (text-native)."""
+    if resolve(name, SEGMENTERS, "segmenter")[0] == "sam3":
+        return Sam3Segmenter.from_pretrained(name, device, dtype)
+    return MaskPredictor.from_pretrained(name, device, dtype)

@@ -25,6 +25,7 @@ SEGMENTERS = {
     "sam-vit-b": ("sam", "facebook/sam-vit-base"),
     "sam-vit-l": ("sam", "facebook/sam-vit-large"),
     "sam-vit-h": ("sam", "facebook/sam-vit-huge"),
+    "sam3": ("sam3", "facebook/sam3"),  # text-native: finds and segments, needs no detector
 }
 DEFAULT_DETECTOR = "grounding-dino-tiny"
 DEFAULT_SEGMENTER = "sam2.1-tiny"
@@ -36,6 +37,9 @@ MODEL_TYPES = {
     "clipseg": "clipseg",
     "sam": "sam",
     "sam2": "sam2",
+    "sam2_video": "sam2",  # the hub's SAM 2.1 folders: image and video weights in one
+    "sam3": "sam3",
+    "sam3_video": "sam3",  # facebook/sam3: detector + tracker; the image model loads from it
 }
 
 

@@ -35,6 +35,17 @@ class Detection:
     def area(self) -> int:
         return int(self.mask.sum()) if self.mask is not None else 0
 
+    def to_json(self) -> dict:
+        """As in the documented JSON: rounded numbers, the mask as COCO compressed RLE."""
+        return {
+            "label": self.label,
+            "score": round(float(self.score), 4),
+            "box": [round(float(v), 2) for v in self.box],
+            "mask_score": round(float(self.mask_score), 4),
+            "area": self.area,
+            "mask": encode_rle(self.mask) if self.mask is not None else None,
+        }
+
 
 @dataclass
 class Segmentation:
@@ -56,17 +67,7 @@ class Segmentation:
             "prompt": self.prompt,
             "detector": self.detector,
             "segmenter": self.segmenter,
-            "detections": [
-                {
-                    "label": d.label,
-                    "score": round(float(d.score), 4),
-                    "box": [round(float(v), 2) for v in d.box],
-                    "mask_score": round(float(d.mask_score), 4),
-                    "area": d.area,
-                    "mask": encode_rle(d.mask) if d.mask is not None else None,
-                }
-                for d in self.detections
-            ],
+            "detections": [d.to_json() for d in self.detections],
         }
 
     def label_map(self) -> np.ndarray:
@@ -98,15 +99,20 @@ def decode_rle(rle: dict) -> np.ndarray:
 
 
 def draw_overlay(
-    image: Image.Image, detections: list[Detection], alpha: float = 0.45
+    image: Image.Image,
+    detections: list[Detection],
+    alpha: float = 0.45,
+    ids: list[int] | None = None,
 ) -> Image.Image:
     """Each mask tinted in its own colour, its box outlined, and a label chip with the score.
 
     Chips are filled with the detection's colour and carry black or white text by the
-    colour's brightness, so they read on dark and light images alike.
+    colour's brightness, so they read on dark and light images alike. `ids` (video track
+    ids) pick each detection's colour, so an object keeps it across frames, and lead its chip.
     """
+    keys = ids if ids is not None else range(len(detections))
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    for i, d in enumerate(detections):
+    for i, d in zip(keys, detections):
         if d.mask is not None:
             color = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)
             base[d.mask] = base[d.mask] * (1 - alpha) + color * alpha
@@ -115,11 +121,11 @@ def draw_overlay(
     side = min(out.size)
     width = max(2, side // 250)
     font = _font(max(12, side // 40))
-    for i, d in enumerate(detections):
+    for i, d in zip(keys, detections):
         color = PALETTE[i % len(PALETTE)]
         x1, y1, x2, y2 = d.box
         draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
-        text = f"{d.label} {d.score:.2f}"
+        text = f"{d.label} {d.score:.2f}" if ids is None else f"{i} {d.label} {d.score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         pad = max(2, th // 4)

@@ -11,6 +11,7 @@ from PIL import Image
 from vitsam.errors import VitsamError
 from vitsam.seg.pipeline import TextSegmenter, check_boxes
 from vitsam.seg.results import Segmentation
+from vitsam.seg.sam3 import Sam3Segmenter
 
 log = logging.getLogger("vitsam")
 
@@ -67,8 +68,7 @@ class SegmentService:
         """Load every configured model (call once, e.g. in a background thread)."""
         from vitsam.devices import resolve_device
         from vitsam.seg.detect import Detector
-        from vitsam.seg.masks import MaskPredictor
-        from vitsam.seg.pipeline import seg_precision
+        from vitsam.seg.pipeline import load_segmenter, seg_precision
 
         try:
             dev = resolve_device(self.device)
@@ -76,7 +76,7 @@ class SegmentService:
             for name in self.detectors:
                 self._models[("detector", name)] = Detector.from_pretrained(name, dev, dtype)
             for name in self.segmenters:
-                self._models[("segmenter", name)] = MaskPredictor.from_pretrained(name, dev, dtype)
+                self._models[("segmenter", name)] = load_segmenter(name, dev, dtype)
         except VitsamError as e:
             self.error = str(e)
             log.error("model loading failed: %s", e)
@@ -96,14 +96,18 @@ class SegmentService:
         name: str = "upload",
         max_detections: int = 100,
     ) -> Segmentation:
-        """One request, through the queue. Boxes (XYXY pixels) replace the prompt's detector."""
+        """One request, through the queue. Boxes (XYXY pixels) replace the prompt's detector;
+        a text-native segmenter (sam3) needs none, and `detector` is then ignored."""
         if not self.ready:
             raise NotReady(self.error or "models are still loading; retry shortly")
         use_boxes = boxes is not None and len(boxes) > 0
         if use_boxes:  # a bad box fails before it takes a place in the queue
             boxes = check_boxes(boxes)
-        det = self._pick("detector", detector or self.detectors[0], self.detectors)
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
+        if isinstance(seg, Sam3Segmenter):  # text-native: its own detector
+            det = seg
+        else:
+            det = self._pick("detector", detector or self.detectors[0], self.detectors)
         pipeline = TextSegmenter(
             det, seg, box_threshold, text_threshold, max_detections=max_detections
         )

@@ -1,0 +1,129 @@
+"""SAM 3 for images: a noun phrase in, every matching instance out (box, score, mask).
+
+SAM 3 ("SAM 3: Segment Anything with Concepts", Carion et al., Meta 2025) is its own
+detector: a DETR-style decoder over a shared vision backbone, scored against the phrase,
+with a mask head and a presence token. Through transformers' `Sam3Model`: the image is
+encoded once (`get_vision_features`), the phrases once as a batch (`get_text_features`),
+then the decoder runs per phrase on the shared features. Images are PIL RGB; boxes come back
+as XYXY pixels of that image, masks (H, W) bool.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from vitsam.errors import VitsamError
+from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
+from vitsam.seg.results import Detection
+
+MAX_TOKENS = 32  # SAM 3's text encoder context (the processor pads every phrase to it)
+
+
+class Sam3Segmenter:
+    """Text-native segmenter: `detect(image, phrases, ...)` returns detections with masks.
+
+    It stands in both roles of a TextSegmenter (detector and segmenter), so a pipeline with
+    SAM 3 has no separate detector. `mask_score` is the instance score (SAM 3 has no
+    per-mask IoU head on this path).
+    """
+
+    kind = "sam3"
+
+    def __init__(self, name: str, model, processor, device: torch.device, dtype: torch.dtype):
+        self.name, self.model, self.processor = name, model.eval().to(device, dtype), processor
+        self.device, self.dtype = device, dtype
+        self.mask_threshold = 0.5  # on the mask probability, as transformers' post-processing
+
+    @staticmethod
+    def from_pretrained(
+        name: str, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> Sam3Segmenter:
+        """`sam3` (facebook/sam3), a hub id, or a folder saved by save_pretrained.
+
+        A `sam3_video` folder (the hub layout: detector + tracker) loads its detector half.
+        Raises VitsamError for another model type, or a model missing offline.
+        """
+        from transformers import Sam3Model, Sam3Processor
+
+        kind, source = resolve(name, SEGMENTERS, "segmenter")
+        if kind != "sam3":
+            raise VitsamError(f"{name}: not a SAM 3 model (model kind {kind!r})")
+        processor = with_hub_errors(name, lambda: Sam3Processor.from_pretrained(source))
+        model = with_hub_errors(name, lambda: Sam3Model.from_pretrained(source))
+        return Sam3Segmenter(name, model, processor, device, dtype)
+
+    @torch.inference_mode()
+    def detect(
+        self,
+        image: Image.Image,
+        phrases: list[str],
+        box_threshold: float,
+        text_threshold: float = 0.0,
+    ) -> list[Detection]:
+        """Every instance of every phrase scoring over `box_threshold`, highest score first.
+
+        The score is SAM 3's: sigmoid(query logit) x sigmoid(presence logit), in [0, 1].
+        `text_threshold` is unused (each query is scored against one whole phrase) and is
+        accepted so SAM 3 answers the detector interface.
+        """
+        tokens = self.processor.tokenizer(
+            phrases, padding="max_length", max_length=MAX_TOKENS, return_tensors="pt"
+        )
+        if tokens["input_ids"].shape[1] > MAX_TOKENS:
+            longest = max(phrases, key=len)
+            raise VitsamError(
+                f"phrase {longest!r} is over SAM 3's {MAX_TOKENS} tokens: shorten it"
+            )
+        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+        vision = self.model.get_vision_features(pixel_values=pixels.to(self.device, self.dtype))
+        ids = tokens["input_ids"].to(self.device)
+        attention = tokens["attention_mask"].to(self.device)
+        text = self.model.get_text_features(input_ids=ids, attention_mask=attention)
+        found = []
+        for i, phrase in enumerate(phrases):  # the decoder per phrase, on shared features
+            one = _slice(text, i)  # text.pooler_output is (P, 32, D): all phrases, one pass
+            out = self.model(vision_embeds=vision, text_embeds=one, attention_mask=attention[i : i + 1])
+            found += self._instances(out, phrase, image, box_threshold)
+        return sorted(found, key=lambda d: -d.score)
+
+    def _instances(self, out, phrase: str, image: Image.Image, threshold: float) -> list[Detection]:
+        w, h = image.size
+        res = self.processor.post_process_instance_segmentation(
+            _float(out), threshold=threshold, mask_threshold=self.mask_threshold, target_sizes=[(h, w)]
+        )[0]
+        found = []
+        for box, score, mask in zip(res["boxes"].tolist(), res["scores"].tolist(), res["masks"]):
+            x1, y1, x2, y2 = max(0.0, box[0]), max(0.0, box[1]), min(w, box[2]), min(h, box[3])
+            if x2 - x1 < 1 or y2 - y1 < 1:
+                continue
+            found.append(
+                Detection(phrase, float(score), (x1, y1, x2, y2), mask.bool().cpu().numpy(), float(score))
+            )
+        return found
+
+    def set_image(self, image: Image.Image) -> None:
+        """SAM 3 takes no box prompts here: raises VitsamError saying what does."""
+        raise no_box_prompts(self.name)
+
+
+def no_box_prompts(name: str) -> VitsamError:
+    return VitsamError(
+        f"{name} finds objects from a text prompt; box prompts need a SAM or SAM 2 segmenter "
+        "(e.g. --segmenter sam2.1-tiny)"
+    )
+
+
+def _slice(text, i: int):
+    """The text-encoder output of phrase i alone, as Sam3Model takes it (`pooler_output`)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return BaseModelOutputWithPooling(pooler_output=text.pooler_output[i : i + 1])
+
+
+def _float(out):
+    """The outputs post-processing reads, in fp32 on the CPU (bf16 runs give bf16 logits)."""
+    for key in ("pred_logits", "pred_boxes", "pred_masks", "presence_logits"):
+        if out.get(key) is not None:
+            out[key] = out[key].float().cpu()
+    return out
