@@ -85,7 +85,7 @@ def bomb() -> bytes:
         ({"prompt": "cat"}, {"image": ("x.png", b"hello", "image/png")}, 400, "not an image"),
         ({"prompt": "cat"}, {"image": ("x.png", png_bytes()[:200], "image/png")}, 400, "truncated"),
         ({"prompt": "  "}, None, 400, "empty prompt"),
-        ({"prompt": ". ".join(["remote control"] * 200)}, None, 400, "over the detector's limit"),
+        ({"prompt": ". ".join(["remote control"] * 200)}, None, 400, "detector's limit of 256"),
         ({"prompt": "cat"}, {"image": ("bomb.png", bomb(), "image/png")}, 400, "bomb"),
         ({"prompt": "cat"}, {"image": ("big.png", b"\0" * (2 * 2**20), "image/png")}, 413, "limit"),
         ({"boxes": "[[1, 2, 3]"}, None, 400, "JSON list"),

@@ -99,9 +99,9 @@ class SegmentService:
         """One request, through the queue. Boxes (XYXY pixels) replace the prompt's detector."""
         if not self.ready:
             raise NotReady(self.error or "models are still loading; retry shortly")
-        use_boxes = boxes is not None and len(boxes) > 0
-        if use_boxes:  # a bad box fails before it takes a place in the queue
+        if boxes is not None:  # a bad box fails before it takes a place in the queue
             boxes = check_boxes(boxes)
+        use_boxes = boxes is not None and len(boxes) > 0
         det = self._pick("detector", detector or self.detectors[0], self.detectors)
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
         pipeline = TextSegmenter(
