@@ -272,6 +272,7 @@ def test_labels_are_the_users_phrases_whatever_the_tokenizer_does(models):
 def test_prompt_rules_commas_invisible_characters_and_width():
     assert split_prompt("Cat. remote control.\ndog") == ["cat", "remote control", "dog"]
     assert split_prompt("cat, remote control") == ["cat", "remote control"]
+    assert split_prompt("cat. Cat, cat") == ["cat"]
     assert split_prompt("cat，dog") == ["cat", "dog"]  # a full-width comma is a comma (NFKC)
     assert split_prompt("t-shirt\u200b") == ["t-shirt"]  # zero-width space
     assert split_prompt("\ufeffｃａｔ\u00ad. cat\u2028dog\tbowl") == ["cat", "dog bowl"]
