@@ -425,7 +425,7 @@ def test_a_box_wholly_outside_the_image_is_an_error_and_the_rest_is_done(
 def test_python_boxes_share_the_check(models, wide):
     from vitsam.seg.pipeline import check_boxes
 
-    seg = TextSegmenter.from_pretrained(None, models["sam"], device="cpu")
+    seg = TextSegmenter.from_pretrained(None, models["sam"], device="cpu", precision="fp32")
     result = seg.segment_boxes(wide, np.array([[500, 10, 700, 300]]))
     assert result.detections[0].box == (500.0, 10.0, 600.0, 300.0)
     assert result.to_json()["detections"][0]["box"] == [500, 10, 600, 300]
@@ -454,7 +454,7 @@ def test_max_detections_and_thresholds_are_checked_everywhere(models, photo, cap
     assert "box_threshold must be between 0 and 1" in capsys.readouterr().err
     with pytest.raises(VitsamError, match="max_detections"):
         TextSegmenter.from_pretrained("no-such-detector", max_detections=-1)
-    seg = TextSegmenter.from_pretrained(None, models["sam"], device="cpu")
+    seg = TextSegmenter.from_pretrained(None, models["sam"], device="cpu", precision="fp32")
     with pytest.raises(VitsamError, match="max_detections"):
         TextSegmenter(None, seg.segmenter, max_detections=-1)
     with pytest.raises(VitsamError, match="text_threshold"):
@@ -578,8 +578,9 @@ def exif_rotated_jpeg(path):
 def test_exif_orientation_is_applied_on_the_cli_and_in_python(models, tmp_path):
     path = exif_rotated_jpeg(tmp_path / "phone.jpg")
     out = tmp_path / "out"
-    assert run_cli(models, str(path), "--prompt", "cat", "--box-threshold", "0", "--text-threshold",
-                   "0", "--max-detections", "1", "--out", str(out), segmenter="sam") == 0  # fmt: skip
+    args = ["--prompt", "cat", "--box-threshold", "0", "--text-threshold", "0",
+            "--max-detections", "1", "--out", str(out), "--precision", "fp32"]  # fmt: skip
+    assert run_cli(models, str(path), *args, segmenter="sam") == 0
     doc = json.loads((out / "phone.json").read_text())
     assert (doc["width"], doc["height"]) == (120, 160)
     assert doc["detections"][0]["mask"]["size"] == [160, 120]
@@ -587,7 +588,7 @@ def test_exif_orientation_is_applied_on_the_cli_and_in_python(models, tmp_path):
     assert Image.open(out / "phone.overlay.png").size == (120, 160)
 
     seg = TextSegmenter.from_pretrained(
-        models["grounding_dino"], models["sam"], device="cpu", box_threshold=0.0,
+        models["grounding_dino"], models["sam"], device="cpu", precision="fp32", box_threshold=0.0,
         text_threshold=0.0, max_detections=1,
     )  # fmt: skip
     opened = Image.open(path)  # as a user opens it: pixels stored sideways, EXIF tag kept
@@ -609,7 +610,7 @@ def test_exif_orientation_is_applied_on_the_cli_and_in_python(models, tmp_path):
 def test_masks_are_kept_packed_and_decoded_in_chunks(models, photo):
     from pycocotools import mask as mask_utils
 
-    seg = TextSegmenter.from_pretrained(None, models["sam"], device="cpu")
+    seg = TextSegmenter.from_pretrained(None, models["sam"], device="cpu", precision="fp32")
     boxes = [[10, 10, 80, 60], [90, 50, 150, 110], [0, 0, 160, 120]]
     seg.segmenter.chunk_pixels = 2 * 120 * 160  # two full-size masks at a time
     seg.segmenter.set_image(Image.open(photo))
@@ -633,7 +634,7 @@ def test_masks_are_kept_packed_and_decoded_in_chunks(models, photo):
 
 def test_segment_takes_lists_of_images_and_prompts(models, photo):
     seg = TextSegmenter.from_pretrained(
-        models["grounding_dino"], models["sam"], device="cpu", box_threshold=0.0,
+        models["grounding_dino"], models["sam"], device="cpu", precision="fp32", box_threshold=0.0,
         text_threshold=0.0, max_detections=2,
     )  # fmt: skip
     a, b, c = photo, Image.open(photo).resize((80, 60)), np.zeros((50, 40, 3), np.uint8)
