@@ -403,8 +403,11 @@ def test_cli_boxes_are_clamped_to_the_image_negative_numbers_parse(models, wide,
     [("nan,0,10,10", "finite"), ("0,0,inf,100", "finite"), ("-inf,0,10,10", "finite"),
      ("50,50,10,10", "X2 > X1")],
 )  # fmt: skip
-def test_cli_non_finite_or_reversed_box_is_one_line_exit_2(models, wide, box, message, capsys):
-    argv = ["segment", str(wide), "--box", box, "--segmenter", models["sam"], "--device", "cpu"]
+def test_cli_non_finite_or_reversed_box_is_one_line_exit_2(
+    models, wide, box, message, capsys, tmp_path
+):
+    argv = ["segment", str(wide), "--box", box, "--segmenter", models["sam"], "--device", "cpu",
+            "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
@@ -426,7 +429,7 @@ def test_python_boxes_share_the_check(models, wide):
     from vitsam.seg.pipeline import check_boxes
 
     seg = TextSegmenter.from_pretrained(None, models["sam"], device="cpu", precision="fp32")
-    result = seg.segment_boxes(wide, np.array([[500, 10, 700, 300]]))
+    result = seg.segment_boxes(wide, torch.tensor([[500, 10, 700, 300]]))
     assert result.detections[0].box == (500.0, 10.0, 600.0, 300.0)
     assert result.to_json()["detections"][0]["box"] == [500, 10, 600, 300]
     for bad, message in [
@@ -651,3 +654,5 @@ def test_segment_takes_lists_of_images_and_prompts(models, photo):
         seg.segment([a, b], ["cat", " . "])
     with pytest.raises(VitsamError, match="one image takes one prompt string"):
         seg.segment(a, ["cat", "dog"])
+    with pytest.raises(VitsamError, match="a prompt is a string of phrases, not a NoneType"):
+        seg.segment([a, b], ["cat", None])

@@ -43,6 +43,8 @@ def split_prompt(prompt: str) -> list[str]:
 
     Raises VitsamError when no phrase is left.
     """
+    if not isinstance(prompt, str):
+        raise VitsamError(f"a prompt is a string of phrases, not a {type(prompt).__name__}")
     phrases = [" ".join(p.split()).lower() for p in SEPARATORS.split(normalize_text(prompt))]
     phrases = list(dict.fromkeys(p for p in phrases if p))
     if not phrases:

@@ -62,14 +62,15 @@ def check_boxes(boxes, size: tuple[int, int] | None = None) -> np.ndarray:
     """XYXY pixel boxes, as every interface takes them -> (N, 4) float64.
 
     `boxes` must be a list of [X1, Y1, X2, Y2] lists of finite numbers (or an (N, 4)
-    array) with X2 > X1 and Y2 > Y1. With the image's `size` (W, H), boxes are clamped
+    array or tensor) with X2 > X1 and Y2 > Y1. With the image's `size` (W, H), boxes are clamped
     to it ([-20, -20, 100, 100] -> [0, 0, 100, 100]), and a box wholly outside it is an
     error. Raises VitsamError saying which rule a box breaks.
     """
     shape_error = VitsamError(
         "boxes must be a list of [X1, Y1, X2, Y2] boxes in pixels, e.g. [[10, 20, 200, 180]]"
     )
-    if isinstance(boxes, np.ndarray):
+    if hasattr(boxes, "__array__"):  # numpy arrays, torch tensors
+        boxes = np.asarray(boxes)
         if boxes.dtype.kind not in "iuf" or boxes.ndim != 2 or boxes.shape[1] != 4:
             raise shape_error
     elif not isinstance(boxes, (list, tuple)) or not all(
