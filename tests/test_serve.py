@@ -67,6 +67,32 @@ def test_png_format_boxes_and_model_choice(url, models):
     assert r.status_code == 200 and r.json()["detector"] == models["owlv2"]
 
 
+def test_boxes_are_clamped_and_commas_separate_phrases(url):
+    r = post(url, {"boxes": json.dumps([[-20, -20, 100, 100], [100, 10, 300, 100]])})
+    assert [d["box"] for d in r.json()["detections"]] == [[0, 0, 100, 100], [100, 10, 160, 100]]
+    r = post(url, {"prompt": "Cat, dog\u200b", "box_threshold": "0", "text_threshold": "0"})
+    labels = {d["label"] for d in r.json()["detections"]}
+    assert r.status_code == 200 and labels and labels <= {"cat", "dog"}
+
+
+def test_exif_orientation_is_applied_to_uploads(url):
+    """A phone JPEG stored 160x120 with EXIF orientation 6 is segmented as shown, 120x160."""
+    arr = np.zeros((120, 160, 3), np.uint8)
+    arr[:, :80] = 200
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", exif=exif)
+    files = {"image": ("phone.jpg", buf.getvalue(), "image/jpeg")}
+    r = post(url, {"prompt": "cat", "box_threshold": "0", "text_threshold": "0",
+                   "max_detections": "1"}, files)  # fmt: skip
+    doc = r.json()
+    assert (doc["width"], doc["height"]) == (120, 160)
+    assert doc["detections"][0]["mask"]["size"] == [160, 120]
+    r = post(url, {"boxes": "[[0, 0, 120, 80]]"}, files, params={"format": "png"})
+    assert Image.open(io.BytesIO(r.content)).size == (120, 160)
+
+
 def test_token_is_required(url):
     assert post(url, {"prompt": "cat"}, headers={}).status_code == 401
     r = post(url, {"prompt": "cat"}, headers={"Authorization": "Bearer wrong"})
@@ -85,10 +111,17 @@ def bomb() -> bytes:
         ({"prompt": "cat"}, {"image": ("x.png", b"hello", "image/png")}, 400, "not an image"),
         ({"prompt": "cat"}, {"image": ("x.png", png_bytes()[:200], "image/png")}, 400, "truncated"),
         ({"prompt": "  "}, None, 400, "empty prompt"),
-        ({"prompt": ". ".join(["remote control"] * 200)}, None, 400, "over the detector's limit"),
+        ({"prompt": " ".join(["remote control"] * 150)}, None, 400, "detector's limit of 256"),
         ({"prompt": "cat"}, {"image": ("bomb.png", bomb(), "image/png")}, 400, "bomb"),
         ({"prompt": "cat"}, {"image": ("big.png", b"\0" * (2 * 2**20), "image/png")}, 413, "limit"),
         ({"boxes": "[[1, 2, 3]"}, None, 400, "JSON list"),
+        ({"boxes": "[[1, 2], [3, 4]]"}, None, 400, "list of [X1, Y1, X2, Y2] boxes"),
+        ({"boxes": "[1, 2, 3, 4]"}, None, 400, "list of [X1, Y1, X2, Y2] boxes"),
+        ({"boxes": "5"}, None, 400, "list of [X1, Y1, X2, Y2] boxes"),
+        ({"boxes": "[[0, 0, Infinity, 100]]"}, None, 400, "finite"),
+        ({"boxes": "[[NaN, 0, 10, 10]]"}, None, 400, "finite"),
+        ({"boxes": "[[200, 10, 300, 100]]"}, None, 400, "wholly outside the 160x120 image"),
+        ({"prompt": "cat", "max_detections": "-1"}, None, 422, ""),
         ({"prompt": "cat", "detector": "/etc"}, None, 400, "not served here"),
         ({"prompt": "cat", "box_threshold": "7"}, None, 422, ""),
     ],

@@ -213,11 +213,27 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
+    """'X1,Y1,X2,Y2' -> four numbers; the rules (finite, ordered, clamped) are check_boxes'."""
     try:
         x1, y1, x2, y2 = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not X1,Y1,X2,Y2 in pixels") from None
     return x1, y1, x2, y2
+
+
+def _attach_box_values(argv: list[str]) -> list[str]:
+    """'--box -20,-20,100,100' -> '--box=-20,-20,100,100': argparse takes a value that
+    starts with '-' for an option and stops with "expected one argument"."""
+    out, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            return [*out, arg, *rest]
+        value = rest[0] if rest else ""
+        if arg == "--box" and value.startswith("-") and not value.startswith("--") and "," in value:
+            arg = f"--box={rest.pop(0)}"
+        out.append(arg)
+    return out
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -226,7 +242,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from vitsam.images import list_images
     from vitsam.seg import TextSegmenter
     from vitsam.seg.detect import split_prompt
-    from vitsam.seg.pipeline import as_image, check_boxes
+    from vitsam.seg.pipeline import as_image, check_boxes, check_options
     from vitsam.seg.results import FORMATS, save
     from vitsam.seg.videoio import is_video_path
 
@@ -240,10 +256,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise VitsamError(
             f"--format takes a comma list of {', '.join(FORMATS)}; got {args.format!r}"
         )
-    if args.box:  # bad boxes and empty prompts fail before any model loads
+    if args.box:  # bad boxes, prompts and options fail before any model loads
         check_boxes(args.box)
     else:
         split_prompt(args.prompt or "")
+    check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars
@@ -461,7 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
         "segment", help="masks for what a text prompt names (Grounding DINO -> SAM 2)"
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO")
-    p.add_argument("--prompt", help="phrases separated by '.', e.g. 'cat. remote control'")
+    p.add_argument(
+        "--prompt",
+        help="phrases separated by '.' or ',' (or new lines), e.g. 'cat, remote control'; "
+        "case and invisible characters are ignored",
+    )
     p.add_argument("--detector", default="grounding-dino-tiny", help="short name, hub id or folder")
     p.add_argument(
         "--segmenter", default="sam2.1-tiny", help="short name, hub id, folder or original .pth/.pt"
@@ -471,14 +492,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_box,
         metavar="X1,Y1,X2,Y2",
-        help="segment this box instead of detecting (repeatable)",
+        help="segment this box instead of detecting (repeatable); pixels, clamped to the "
+        "image; negative numbers work: --box -20,-20,100,100",
     )
-    p.add_argument("--box-threshold", type=float, default=0.35)
-    p.add_argument("--text-threshold", type=float, default=0.25)
+    p.add_argument("--box-threshold", type=float, default=0.35, help="0..1 (default %(default)s)")
+    p.add_argument("--text-threshold", type=float, default=0.25, help="0..1 (default %(default)s)")
     p.add_argument(
         "--nms", type=float, default=0.0, metavar="IOU", help="NMS across phrases (0 = off)"
     )
-    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument(
+        "--max-detections",
+        type=int,
+        default=100,
+        metavar="N",
+        help="keep at most N detections per image, best first (default %(default)s)",
+    )
     p.add_argument("--out", default="segments")
     p.add_argument(
         "--format", default="overlay,masks,json", help="which outputs: overlay,masks,json"
@@ -549,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """vitsam: train and use a Vision Transformer; segment images from text prompts."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_box_values(sys.argv[1:] if argv is None else argv))
     if not logging.getLogger().handlers and not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))

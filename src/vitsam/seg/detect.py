@@ -1,30 +1,58 @@
 """Open-vocabulary detectors behind one interface: `detect(image, phrases) -> [Detection]`.
 
 Grounding DINO (and MM-Grounding-DINO), OWLv2 and CLIPSeg, all through transformers.
-Images are PIL RGB; boxes come back as XYXY pixels of that image.
+Images are PIL RGB; boxes come back as XYXY pixels of that image; every label is one of
+the phrases given, exactly.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import unicodedata
+
+import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from vitsam.errors import VitsamError
+from vitsam.seg.precision import Fp32Fallback
 from vitsam.seg.registry import DETECTORS, resolve, with_hub_errors
 from vitsam.seg.results import Detection
 
+log = logging.getLogger("vitsam")
+# Phrases are separated by periods (Grounding DINO's convention), commas (how people
+# write lists) and line breaks.
+SEPARATORS = re.compile(r"[.,]")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC; line breaks become '.'; other control and format characters (zero-width space,
+    BOM, soft hyphen, ...) are dropped, so invisible characters cannot change a prompt."""
+    text = ".".join(unicodedata.normalize("NFKC", text).splitlines())
+    return "".join(
+        " " if c.isspace() else c
+        for c in text
+        if c.isspace() or not unicodedata.category(c).startswith("C")
+    )
+
 
 def split_prompt(prompt: str) -> list[str]:
-    """'cat. remote control.' -> ['cat', 'remote control'] (lower-case, no empties)."""
-    phrases = [p.strip().lower() for p in prompt.replace("\n", ".").split(".")]
-    phrases = [p for p in phrases if p]
+    """'Cat, remote control.' -> ['cat', 'remote control']: phrases are separated by '.',
+    ',' or line breaks; lower-case, normalised (see normalize_text), no empties or repeats.
+
+    Raises VitsamError when no phrase is left.
+    """
+    if not isinstance(prompt, str):
+        raise VitsamError(f"a prompt is a string of phrases, not a {type(prompt).__name__}")
+    phrases = [" ".join(p.split()).lower() for p in SEPARATORS.split(normalize_text(prompt))]
+    phrases = list(dict.fromkeys(p for p in phrases if p))
     if not phrases:
         raise VitsamError("empty prompt: give at least one phrase, e.g. 'cat. remote control'")
     return phrases
 
 
-class Detector:
+class Detector(Fp32Fallback):
     """Base: holds a transformers model and its processor on a device."""
 
     kind = ""
@@ -51,21 +79,61 @@ class Detector:
         return cls(name, model, processor, device, dtype)
 
     def _inputs(self, **kwargs) -> dict:
-        inputs = self.processor(return_tensors="pt", **kwargs)
+        return self._on_device(self.processor(return_tensors="pt", **kwargs))
+
+    def _on_device(self, inputs) -> dict:
+        """Tensors to the device; floating ones to the model's current dtype."""
         return {
             k: v.to(self.device, self.dtype if v.is_floating_point() else None)
             for k, v in inputs.items()
             if isinstance(v, torch.Tensor)
         }
 
+    def tokens(self, phrases: list[str]) -> list[list[int]]:
+        """Token ids of each phrase alone (no special tokens), after checking the text limit.
+
+        A phrase made only of tokens the tokenizer does not know (an emoji, for a
+        WordPiece vocabulary) is logged as a warning: it cannot match anything reliably.
+        Raises VitsamError, before the model runs, when a phrase is over the limit.
+        """
+        tok = self.processor.tokenizer
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in phrases]
+        for phrase, t in zip(phrases, ids):
+            if all(i == tok.unk_token_id for i in t):
+                log.warning(
+                    "phrase %r has no token the %s detector knows: it will match nothing reliably",
+                    phrase, self.kind,
+                )  # fmt: skip
+        self.check_length(phrases, ids)
+        return ids
+
+    def check_length(self, phrases: list[str], ids: list[list[int]]) -> None:
+        """CLIP text towers (OWLv2, CLIPSeg) read each phrase alone, with start and end
+        tokens, up to the config's max_position_embeddings (16 for OWLv2, 77 for CLIPSeg)."""
+        limit = self.model.config.text_config.max_position_embeddings
+        for phrase, t in zip(phrases, ids):
+            if len(t) + 2 > limit:
+                raise VitsamError(
+                    f"phrase {_short(phrase)} is {len(t) + 2} tokens, over the {self.kind} "
+                    f"detector's limit of {limit} per phrase: shorten it"
+                )
+
     def detect(
         self, image: Image.Image, phrases: list[str], box_threshold: float, text_threshold: float
     ) -> list[Detection]:
+        """Boxes for `phrases` in `image` (RGB): XYXY pixels, score in [0, 1], label one of
+        `phrases`; sorted by score. Raises VitsamError for a phrase over the text limit or
+        outputs that are not finite (see precision.Fp32Fallback)."""
         raise NotImplementedError
 
 
 class GroundingDino(Detector):
-    """One pass for all phrases; each box is labelled with the phrase whose tokens score best."""
+    """One pass for all phrases; each box is labelled with the phrase whose tokens score best.
+
+    The text is "p1. p2. p3." as the model was trained on (Liu et al. 2023, Grounding DINO);
+    its token ids are built here from each phrase's own tokens, so the tokens of each
+    phrase are known exactly, whatever the tokenizer does with the joined text.
+    """
 
     kind = "grounding-dino"
 
@@ -75,44 +143,45 @@ class GroundingDino(Detector):
 
         return AutoModelForZeroShotObjectDetection
 
-    def _phrase_spans(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Token positions of each phrase, between [CLS], '.' and [SEP]."""
+    def check_length(self, phrases, ids):
+        """One sequence for all phrases: [CLS] p1 . p2 . ... [SEP], at most max_text_len (256)."""
+        limit = getattr(self.model.config, "max_text_len", 256)
+        ends = np.cumsum([len(t) + 1 for t in ids]) + 2  # tokens up to each phrase's '.', + [SEP]
+        if ends[-1] > limit:
+            phrase = phrases[int(np.argmax(ends > limit))]
+            raise VitsamError(
+                f"phrase {_short(phrase)} does not fit: the prompt is {ends[-1]} tokens, over "
+                f"the {self.kind} detector's limit of {limit} for all phrases together; use "
+                "fewer or shorter phrases"
+            )
+
+    def text_inputs(self, phrases: list[str]) -> tuple[dict, list[list[int]]]:
+        """(input_ids, token_type_ids, attention_mask as (1, T) tensors, token positions of
+        each phrase); a phrase with no tokens has no positions."""
         tok = self.processor.tokenizer
-        stops = {
-            tok.cls_token_id,
-            tok.sep_token_id,
-            tok.convert_tokens_to_ids("."),
-            tok.pad_token_id,
-        }
-        spans, current = [], []
-        for i, t in enumerate(input_ids.tolist()):
-            if t in stops:
-                if current:
-                    spans.append(torch.tensor(current))
-                current = []
-            else:
-                current.append(i)
-        return spans
+        ids, spans = [tok.cls_token_id], []
+        for t in self.tokens(phrases):
+            spans.append(list(range(len(ids), len(ids) + len(t))))
+            ids += [*t, tok.convert_tokens_to_ids(".")]
+        ids = torch.tensor([[*ids, tok.sep_token_id]])
+        text = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
+                "attention_mask": torch.ones_like(ids)}  # fmt: skip
+        return text, spans
 
     @torch.inference_mode()
     def detect(self, image, phrases, box_threshold, text_threshold):
-        text = ". ".join(phrases) + "."
-        limit = getattr(self.model.config, "max_text_len", 256)
-        n_tokens = len(self.processor.tokenizer(text)["input_ids"])
-        if n_tokens > limit:
-            raise VitsamError(
-                f"prompt is {n_tokens} tokens, over the detector's limit of {limit}: use fewer phrases"
-            )
-        inputs = self._inputs(images=image, text=text)
-        out = self.model(**inputs)
-        probs = out.logits[0].float().sigmoid()  # (queries, max_text_len)
-        spans = self._phrase_spans(inputs["input_ids"][0].cpu())
-        labels = (
-            phrases
-            if len(spans) == len(phrases)
-            else [self.processor.tokenizer.decode(inputs["input_ids"][0][s]) for s in spans]
+        text, spans = self.text_inputs(phrases)
+        n = text["input_ids"].shape[1]  # logits past the text are -inf by design
+
+        def run():
+            images = self.processor.image_processor(images=image, return_tensors="pt")
+            return self.model(**self._on_device({**images, **text}))
+
+        out = self.run_finite(run, lambda o: (o.logits[..., :n], o.pred_boxes))
+        probs = out.logits[0, :, :n].float().sigmoid()  # (queries, tokens)
+        per_phrase = torch.stack(  # (queries, phrases); a phrase with no tokens scores 0
+            [probs[:, s].max(-1).values if s else probs.new_zeros(len(probs)) for s in spans], 1
         )
-        per_phrase = torch.stack([probs[:, s.to(probs.device)].max(-1).values for s in spans], 1)
         score = probs.max(-1).values
         best_p, best = per_phrase.max(-1)
         keep = (score > box_threshold) & (best_p > text_threshold)
@@ -120,7 +189,8 @@ class GroundingDino(Detector):
         cx, cy, bw, bh = out.pred_boxes[0].float().unbind(-1)
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         boxes = boxes * torch.tensor([w, h, w, h], device=boxes.device)
-        return _detections(boxes[keep], score[keep], [labels[i] for i in best[keep].tolist()], w, h)
+        labels = [phrases[i] for i in best[keep].tolist()]
+        return _detections(boxes[keep], score[keep], labels, w, h)
 
 
 class Owlv2(Detector):
@@ -134,8 +204,11 @@ class Owlv2(Detector):
 
     @torch.inference_mode()
     def detect(self, image, phrases, box_threshold, text_threshold):
-        inputs = self._inputs(text=[phrases], images=image, padding=True, truncation=True)
-        out = self.model(**inputs)
+        self.tokens(phrases)
+        out = self.run_finite(
+            lambda: self.model(**self._inputs(text=[phrases], images=image, padding=True)),
+            lambda o: (o.logits, o.pred_boxes),
+        )
         w, h = image.size
         side = max(w, h)  # OWLv2 pads the image to a square before resizing
         res = self.processor.post_process_grounded_object_detection(
@@ -149,7 +222,7 @@ class ClipSeg(Detector):
     """CLIPSeg's heat map per phrase, thresholded; each connected region becomes a box."""
 
     kind = "clipseg"
-    min_area = 0.001  # regions under this share of the image are noise
+    min_area = 0.001  # regions under this share of the heat map are noise
 
     @staticmethod
     def model_class():
@@ -159,43 +232,51 @@ class ClipSeg(Detector):
 
     @torch.inference_mode()
     def detect(self, image, phrases, box_threshold, text_threshold):
-        inputs = self._inputs(text=phrases, images=[image] * len(phrases), padding=True)
-        logits = self.model(**inputs).logits.float()
-        heat = logits.view(len(phrases), 1, *logits.shape[-2:]).sigmoid()  # (P, 1, h, w)
+        self.tokens(phrases)
+        logits = self.run_finite(
+            lambda: self.model(
+                **self._inputs(text=phrases, images=[image] * len(phrases), padding=True)
+            ).logits,
+            lambda t: (t,),
+        ).float()
+        heat = logits.view(len(phrases), *logits.shape[-2:]).sigmoid().cpu().numpy()  # (P, h, w)
         w, h = image.size
+        sx, sy = w / heat.shape[2], h / heat.shape[1]
         boxes, scores, labels = [], [], []
         for phrase, hm in zip(phrases, heat):
-            regions = connected_components(hm[0] > box_threshold)
-            for r in range(1, int(regions.max()) + 1):
-                m = regions == r
-                if m.float().mean() < self.min_area:
-                    continue
-                ys, xs = torch.nonzero(m, as_tuple=True)
-                sy, sx = h / m.shape[0], w / m.shape[1]
-                boxes.append(
-                    [xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy]
-                )
-                scores.append(hm[0][m].max())
+            for (x1, y1, x2, y2), peak in heatmap_regions(hm, box_threshold, self.min_area):
+                boxes.append([x1 * sx, y1 * sy, x2 * sx, y2 * sy])
+                scores.append(peak)
                 labels.append(phrase)
         if not boxes:
             return []
-        return _detections(torch.tensor(boxes), torch.stack(scores), labels, w, h)
+        return _detections(torch.tensor(boxes), torch.tensor(scores), labels, w, h)
 
 
-def connected_components(mask: torch.Tensor) -> torch.Tensor:
-    """4-connected labels 1..K of a (H, W) bool mask (0 background), by max propagation."""
-    H, W = mask.shape
-    ids = torch.arange(1, H * W + 1, dtype=torch.float32, device=mask.device).view(1, 1, H, W)
-    lab = torch.where(mask.view(1, 1, H, W), ids, torch.zeros_like(ids))
-    cross = torch.tensor([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.bool, device=mask.device)
-    while True:
-        patches = F.unfold(lab, 3, padding=1).view(9, H, W)[cross.flatten()]
-        new = torch.where(mask, patches.max(0).values, torch.zeros_like(lab[0, 0]))[None, None]
-        if torch.equal(new, lab):
-            break
-        lab = new
-    values, dense = torch.unique(lab, return_inverse=True)
-    return dense.view(H, W) + int(values[0] != 0)  # no background: the first label is 1
+def heatmap_regions(
+    heat: np.ndarray, threshold: float, min_area: float = 0.0
+) -> list[tuple[tuple[int, int, int, int], float]]:
+    """The 4-connected regions of `heat > threshold` in an (h, w) map, as (box, peak):
+    box XYXY in map cells (x2, y2 exclusive), peak the region's highest value. Regions
+    covering less than `min_area` of the map are dropped. Labelling: scipy.ndimage.label."""
+    from scipy import ndimage
+
+    regions, count = ndimage.label(heat > threshold)  # 4-connected by default
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+    peaks = ndimage.maximum(heat, regions, index)
+    out = []
+    for (ys, xs), area, peak in zip(ndimage.find_objects(regions), areas, peaks):
+        if area >= min_area * heat.size:
+            out.append(((xs.start, ys.start, xs.stop, ys.stop), float(peak)))
+    return out
+
+
+def _short(phrase: str, most: int = 60) -> str:
+    """A phrase quoted for a message, cut to `most` characters."""
+    return repr(phrase if len(phrase) <= most else phrase[: most - 3] + "...")
 
 
 def _detections(boxes, scores, labels, w: int, h: int) -> list[Detection]:

@@ -1,25 +1,34 @@
 """SAM and SAM 2 behind one stateful predictor: `set_image` once, then `predict(boxes)`.
 
 Boxes are XYXY pixels of the image given to `set_image`; masks come back (N, H, W) bool at
-that image's size, with the model's predicted IoU per mask.
+that image's size, with the model's predicted IoU per mask (a few masks at a time with
+`predict_chunks`, so large images never hold every full-size mask at once).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from vitsam.errors import VitsamError
+from vitsam.seg.precision import Fp32Fallback
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
 
 
-class MaskPredictor:
+class MaskPredictor(Fp32Fallback):
+    # Mask pixels upsampled at once when decoding: bounds peak memory on large images
+    # (a 6000x4000 image takes 2 masks per chunk, ~200 MB of float32, not 100 masks, ~9 GB).
+    chunk_pixels = 2**26
+
     def __init__(self, name: str, kind: str, model, processor, device, dtype) -> None:
         self.name, self.kind = name, kind
         self.model, self.processor = model.eval().to(device, dtype), processor
         self.device, self.dtype = device, dtype
         self._embeddings = None
+        self._pixels: torch.Tensor | None = None  # the processed image, fp32 on the CPU
         self._size: tuple[int, int] | None = None  # (H, W) of the current image
         self._inputs: dict = {}
         self._image: Image.Image | None = None
@@ -46,21 +55,39 @@ class MaskPredictor:
     def set_image(self, image: Image.Image) -> None:
         """Compute the image embedding once (the expensive part)."""
         inputs = self.processor(images=image, return_tensors="pt")
-        pixels = inputs["pixel_values"].to(self.device, self.dtype)
-        self._embeddings = self.model.get_image_embeddings(pixels)
+        self._pixels = inputs["pixel_values"]
+        self._embeddings = self.run_finite(self._embed, _tensors)
         self._size = (image.height, image.width)
         self._inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         self._image = image if self.kind == "sam" else None  # SAM's processor needs it for boxes
 
+    def _embed(self):
+        """Image embeddings in the current dtype (a tensor for SAM, a list for SAM 2)."""
+        return self.model.get_image_embeddings(self._pixels.to(self.device, self.dtype))
+
     @torch.inference_mode()
     def predict(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All boxes in one decoder pass: (N, 4) XYXY pixels -> masks (N, H, W) bool, scores (N,)."""
+        """All boxes: (N, 4) XYXY pixels -> masks (N, H, W) bool, scores (N,).
+
+        Holds every mask at full size: for many boxes on a large image use predict_chunks.
+        """
+        h, w = self._size or (0, 0)
+        parts = list(self.predict_chunks(boxes))
+        if not parts:
+            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
+        return np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts])
+
+    @torch.inference_mode()
+    def predict_chunks(self, boxes: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One decoder pass for all (N, 4) XYXY pixel boxes, then the masks upsampled to the
+        image a few at a time: yields (masks (k, H, W) bool, IoU scores (k,)) for consecutive
+        boxes, k * H * W <= chunk_pixels (k >= 1). Raises VitsamError before set_image."""
         if self._embeddings is None:
             raise VitsamError("MaskPredictor.predict called before set_image: set an image first")
         h, w = self._size
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         if len(boxes) == 0:
-            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
+            return
         if self.kind == "sam2":
             prompt = self.processor(
                 input_boxes=[boxes.tolist()], original_sizes=[[h, w]], return_tensors="pt"
@@ -69,16 +96,31 @@ class MaskPredictor:
             prompt = self.processor(
                 images=self._image, input_boxes=[boxes.tolist()], return_tensors="pt"
             )
-        input_boxes = prompt["input_boxes"].to(self.device, self.dtype)
-        out = self.model(
-            image_embeddings=self._embeddings, input_boxes=input_boxes, multimask_output=False
-        )
+
+        def run():
+            if _tensors(self._embeddings)[0].dtype != self.dtype:  # after a switch to fp32
+                self._embeddings = self._embed()
+            return self.model(
+                image_embeddings=self._embeddings,
+                input_boxes=prompt["input_boxes"].to(self.device, self.dtype),
+                multimask_output=False,
+            )
+
+        out = self.run_finite(run, lambda o: (o.pred_masks, o.iou_scores))
+        low_res = out.pred_masks.float().cpu()[0]  # (N, 1, h', w')
+        scores = out.iou_scores.float().cpu()[0, :, 0].numpy()
         extra = [self._inputs["reshaped_input_sizes"]] if self.kind == "sam" else []
-        masks = self.processor.post_process_masks(
-            out.pred_masks.float().cpu(), self._inputs["original_sizes"], *extra
-        )[0]
-        scores = out.iou_scores.float().cpu()[0, :, 0]
-        return masks[:, 0].numpy().astype(bool), scores.numpy()
+        step = max(1, self.chunk_pixels // (h * w))
+        for i in range(0, len(boxes), step):
+            masks = self.processor.post_process_masks(
+                [low_res[i : i + step]], self._inputs["original_sizes"], *extra
+            )[0]
+            yield masks[:, 0].numpy().astype(bool), scores[i : i + step]
+
+
+def _tensors(embeddings) -> list[torch.Tensor]:
+    """SAM's embedding is one tensor, SAM 2's a list of feature maps."""
+    return [embeddings] if isinstance(embeddings, torch.Tensor) else list(embeddings)
 
 
 def _model_class(kind: str):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from vitsam.devices import choose_precision, resolve_device
 from vitsam.errors import VitsamError
@@ -22,14 +24,24 @@ from vitsam.seg.sam3 import Sam3Segmenter
 log = logging.getLogger("vitsam")
 
 ImageLike = str | Path | Image.Image | np.ndarray
+ORIENTATION = ExifTags.Base.Orientation  # the EXIF tag (0x0112)
 
 
 def as_image(image: ImageLike) -> tuple[Image.Image, str]:
-    """A path, PIL image or HWC uint8 array -> (RGB PIL image, a name for reports)."""
+    """A path, PIL image or HWC uint8 array -> (RGB PIL image, a name for reports).
+
+    One rule on every interface: the image as it is displayed. Files are read with
+    open_image (EXIF orientation applied); a PIL image still carrying an EXIF orientation
+    tag (as Image.open returns a phone photo) is turned upright the same way, and one
+    already upright is unchanged; arrays have no EXIF and are taken as they are.
+    """
     if isinstance(image, (str, Path)):
         return open_image(image), str(image)
     if isinstance(image, Image.Image):
-        return to_rgb(image), getattr(image, "filename", "") or "<image>"
+        name = getattr(image, "filename", "") or "<image>"
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return to_rgb(image), name
     if isinstance(image, np.ndarray):
         if (
             image.dtype != np.uint8
@@ -47,15 +59,62 @@ def as_image(image: ImageLike) -> tuple[Image.Image, str]:
     )
 
 
-def check_boxes(boxes) -> np.ndarray:
-    """Any nested sequence of XYXY pixel boxes -> (N, 4) float32, or a clear error."""
-    try:
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    except ValueError:
-        raise VitsamError("boxes must be a list of [X1, Y1, X2, Y2] in pixels") from None
+def check_boxes(boxes, size: tuple[int, int] | None = None) -> np.ndarray:
+    """XYXY pixel boxes, as every interface takes them -> (N, 4) float64.
+
+    `boxes` must be a list of [X1, Y1, X2, Y2] lists of finite numbers (or an (N, 4)
+    array or tensor) with X2 > X1 and Y2 > Y1. With the image's `size` (W, H), boxes are clamped
+    to it ([-20, -20, 100, 100] -> [0, 0, 100, 100]), and a box wholly outside it is an
+    error. Raises VitsamError saying which rule a box breaks.
+    """
+    shape_error = VitsamError(
+        "boxes must be a list of [X1, Y1, X2, Y2] boxes in pixels, e.g. [[10, 20, 200, 180]]"
+    )
+    if hasattr(boxes, "__array__"):  # numpy arrays, torch tensors
+        boxes = np.asarray(boxes)
+        if boxes.dtype.kind not in "iuf" or boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise shape_error
+    elif not isinstance(boxes, (list, tuple)) or not all(
+        isinstance(b, (list, tuple))
+        and len(b) == 4
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in b)
+        for b in boxes
+    ):
+        raise shape_error
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(boxes).all():
+        raise VitsamError("box numbers must be finite: nan and inf are not pixel positions")
     if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
         raise VitsamError("a box must be X1,Y1,X2,Y2 with X2 > X1 and Y2 > Y1 (pixels)")
-    return boxes
+    if size is None:
+        return boxes
+    w, h = size
+    clamped = boxes.clip(0, [w, h, w, h])
+    outside = (clamped[:, 2] <= clamped[:, 0]) | (clamped[:, 3] <= clamped[:, 1])
+    if outside.any():
+        box = [round(float(v), 2) for v in boxes[outside][0]]
+        raise VitsamError(f"box {box} lies wholly outside the {w}x{h} image")
+    return clamped
+
+
+def check_options(
+    box_threshold: float | None = None,
+    text_threshold: float | None = None,
+    nms_iou: float | None = None,
+    max_detections: int | None = None,
+) -> None:
+    """Thresholds and NMS IoU in [0, 1], max_detections a count >= 0 (None: not given).
+    Raises VitsamError naming the option."""
+    for name, v in (("box_threshold", box_threshold), ("text_threshold", text_threshold),
+                    ("nms_iou", nms_iou)):  # fmt: skip
+        if v is not None and not 0.0 <= v <= 1.0:  # False for nan too
+            raise VitsamError(f"{name} must be between 0 and 1, got {v}")
+    if max_detections is not None and (
+        isinstance(max_detections, bool)
+        or not isinstance(max_detections, numbers.Integral)
+        or max_detections < 0
+    ):
+        raise VitsamError(f"max_detections must be a count of 0 or more, got {max_detections}")
 
 
 def seg_precision(name: str, device: torch.device) -> torch.dtype:
@@ -71,6 +130,7 @@ class TextSegmenter:
 
     Thresholds: a box is kept when its best token score exceeds `box_threshold` and the
     phrase it is labelled with scores over `text_threshold` (Grounding DINO's two knobs).
+    At most `max_detections` boxes per image are kept, highest scores first.
     """
 
     def __init__(
@@ -82,6 +142,7 @@ class TextSegmenter:
         nms_iou: float = 0.0,
         max_detections: int = 100,
     ) -> None:
+        check_options(box_threshold, text_threshold, nms_iou, max_detections)
         self.detector, self.segmenter = detector, segmenter
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.nms_iou, self.max_detections = nms_iou, max_detections
@@ -102,10 +163,12 @@ class TextSegmenter:
         precision: str = "auto",
         **options,
     ) -> TextSegmenter:
-        """Load both models (detector=None for box prompts only); options as in __init__.
+        """Load both models (detector=None for box prompts only); options as in __init__,
+        checked before any model loads.
 
         A text-native segmenter (`sam3`) is its own detector: `detector` is then not loaded.
         """
+        check_options(**options)
         dev = resolve_device(device)
         dtype = seg_precision(precision, dev)
         seg = load_segmenter(segmenter, dev, dtype)
@@ -116,15 +179,36 @@ class TextSegmenter:
 
     def segment(
         self,
-        image: ImageLike,
-        prompt: str,
+        image: ImageLike | Sequence[ImageLike],
+        prompt: str | Sequence[str],
         box_threshold: float | None = None,
         text_threshold: float | None = None,
-    ) -> Segmentation:
-        """All phrases of `prompt` ('cat. remote control') in one detector pass."""
+    ) -> Segmentation | list[Segmentation]:
+        """All phrases of `prompt` ('cat. remote control', 'cat, dog') in one detector pass.
+
+        A list of images gives a list of results, one per image, in order (as lang-sam's
+        `predict`): `prompt` is then one prompt for all or a list of the same length.
+        Raises VitsamError for an empty prompt or mismatched lists.
+        """
+        if isinstance(image, (list, tuple)):
+            prompts = [prompt] * len(image) if isinstance(prompt, str) else list(prompt)
+            if len(prompts) != len(image):
+                raise VitsamError(
+                    f"{len(image)} images but {len(prompts)} prompts: give one prompt for all "
+                    "or one per image"
+                )
+            for p in prompts:  # every prompt is checked before the first image is done
+                split_prompt(p)
+            return [self.segment(i, p, box_threshold, text_threshold) for i, p in zip(image, prompts)]
+        if not isinstance(prompt, str):
+            raise VitsamError(
+                "one image takes one prompt string: join phrases with '.' or ',' ('cat, dog'), "
+                "or pass a list of images"
+            )
         phrases = split_prompt(prompt)
         if self.detector is None:
             raise VitsamError("this TextSegmenter has no detector: load one, or give boxes")
+        check_options(box_threshold, text_threshold)
         pil, name = as_image(image)
         t0 = time.perf_counter()
         found = self.detector.detect(
@@ -144,9 +228,13 @@ class TextSegmenter:
     def segment_boxes(
         self, image: ImageLike, boxes, labels: list[str] | None = None, prompt: str = ""
     ) -> Segmentation:
-        """SAM's own prompt: masks for given XYXY pixel boxes, no detector."""
+        """SAM's own prompt: masks for given XYXY pixel boxes, no detector.
+
+        Boxes are clamped to the image and written clamped; see check_boxes for the rules.
+        """
         boxes = check_boxes(boxes)
         pil, name = as_image(image)
+        boxes = check_boxes(boxes, pil.size)
         labels = labels or ["box"] * len(boxes)
         found = [Detection(lab, 1.0, tuple(float(v) for v in b)) for lab, b in zip(labels, boxes)]
         return self._masks(pil, name, prompt, found)
@@ -168,9 +256,11 @@ class TextSegmenter:
         t0 = time.perf_counter()
         self.segmenter.set_image(image)
         t1 = time.perf_counter()
-        masks, scores = self.segmenter.predict(np.array([d.box for d in found]))
-        for d, m, s in zip(found, masks, scores):
-            d.mask, d.mask_score = m, float(s)
+        pending = iter(found)
+        for masks, scores in self.segmenter.predict_chunks(np.array([d.box for d in found])):
+            for m, s in zip(masks, scores):  # packed as each chunk arrives (Detection.rle)
+                d = next(pending)
+                d.mask, d.mask_score = m, float(s)
         result.timings.update(image_encoder=t1 - t0, mask_decoder=time.perf_counter() - t1)
         return result
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vitsam.errors import VitsamError
+
 # Distinct, saturated colours (Tableau 10), cycled for more detections.
 PALETTE = [
     (31, 119, 180),
@@ -25,15 +27,44 @@ PALETTE = [
 
 @dataclass
 class Detection:
+    """One box and, once segmented, its mask.
+
+    The mask is kept packed as COCO RLE (`rle`, pycocotools) and decoded on each read of
+    `mask`, so a result of many detections on a large image holds no full-size masks:
+    assign an (H, W) bool array to `mask` (or pass it to the constructor) to store one.
+    """
+
     label: str  # the prompt phrase this box answers
     score: float  # detector confidence in [0, 1]
     box: tuple[float, float, float, float]  # XYXY, pixels of the original image
-    mask: np.ndarray | None = None  # (H, W) bool, once segmented
+    rle: dict | None = field(default=None, init=False, repr=False, compare=False)  # packed mask
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)  # see below
     mask_score: float = 0.0  # the segmenter's predicted IoU
 
     @property
     def area(self) -> int:
-        return int(self.mask.sum()) if self.mask is not None else 0
+        """Mask pixels (0 before segmentation), counted from the RLE without decoding."""
+        from pycocotools import mask as mask_utils
+
+        return int(mask_utils.area(self.rle)) if self.rle is not None else 0
+
+
+def _get_mask(d: Detection) -> np.ndarray | None:
+    """(H, W) bool, decoded from `rle`; None before segmentation."""
+    from pycocotools import mask as mask_utils
+
+    return None if d.rle is None else mask_utils.decode(d.rle).astype(bool)
+
+
+def _set_mask(d: Detection, mask: np.ndarray | None) -> None:
+    from pycocotools import mask as mask_utils
+
+    d.rle = None if mask is None else mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+
+
+# A property over the dataclass field: the generated __init__ (rle first, then mask) and
+# every `d.mask = m` go through _set_mask, so callers keep the plain `mask` attribute.
+Detection.mask = property(_get_mask, _set_mask)  # type: ignore[assignment]
 
     def to_json(self) -> dict:
         """As in the documented JSON: rounded numbers, the mask as COCO compressed RLE."""
@@ -43,7 +74,7 @@ class Detection:
             "box": [round(float(v), 2) for v in self.box],
             "mask_score": round(float(self.mask_score), 4),
             "area": self.area,
-            "mask": encode_rle(self.mask) if self.mask is not None else None,
+            "mask": _rle_json(self.rle) if self.rle is not None else None,
         }
 
 
@@ -75,18 +106,32 @@ class Segmentation:
         dtype = np.uint8 if len(self.detections) < 256 else np.uint16
         out = np.zeros((self.height, self.width), dtype=dtype)
         for i, d in enumerate(self.detections, start=1):
-            if d.mask is not None:
-                out[d.mask] = i
+            if d.rle is not None:
+                out[d.mask] = i  # one mask decoded at a time
         return out
 
-    def overlay(self, image: Image.Image, alpha: float = 0.45) -> Image.Image:
-        return draw_overlay(image, self.detections, alpha)
+    def overlay(self, image, alpha: float = 0.45) -> Image.Image:
+        """The result drawn over `image` (path, PIL image or array, read upright as
+        `segment` reads it). Raises VitsamError when its size is not the result's."""
+        from vitsam.seg.pipeline import as_image
+
+        picture, _ = as_image(image)
+        if picture.size != (self.width, self.height):
+            raise VitsamError(
+                f"overlay: the image is {picture.width}x{picture.height} but the result is for "
+                f"{self.width}x{self.height}: draw it over the image it was made from"
+            )
+        return draw_overlay(picture, self.detections, alpha)
 
 
 def encode_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO compressed RLE as JSON: {"size": [H, W], "counts": str}."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return _rle_json(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+
+
+def _rle_json(rle: dict) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
@@ -113,9 +158,10 @@ def draw_overlay(
     keys = ids if ids is not None else range(len(detections))
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     for i, d in zip(keys, detections):
-        if d.mask is not None:
+        if d.rle is not None:
+            mask = d.mask  # one mask decoded at a time
             color = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)
-            base[d.mask] = base[d.mask] * (1 - alpha) + color * alpha
+            base[mask] = base[mask] * (1 - alpha) + color * alpha
     out = Image.fromarray(base.round().astype(np.uint8))
     draw = ImageDraw.Draw(out)
     side = min(out.size)
@@ -176,5 +222,5 @@ def save(
         Image.fromarray(result.label_map()).save(written[-1])
     if "json" in formats:
         written.append(out_dir / f"{name}.json")
-        written[-1].write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        written[-1].write_text(json.dumps(result.to_json(), indent=1, allow_nan=False) + "\n")
     return written

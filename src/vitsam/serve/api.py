@@ -101,12 +101,16 @@ def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 
     )
     async def segment(
         image: UploadFile = File(..., description="the image file (JPEG, PNG, WebP, TIFF, ...)"),
-        prompt: str = Form("", description="phrases separated by '.', e.g. 'cat. remote control'"),
+        prompt: str = Form(
+            "", description="phrases separated by '.' or ',', e.g. 'cat. remote control'"
+        ),
         box_threshold: float = Form(0.35, ge=0.0, le=1.0),
         text_threshold: float = Form(0.25, ge=0.0, le=1.0),
         max_detections: int = Form(100, ge=0, le=1000),
         boxes: str = Form(
-            "", description="JSON list of [x1, y1, x2, y2] pixel boxes, instead of a prompt"
+            "",
+            description="JSON list of [x1, y1, x2, y2] pixel boxes, instead of a prompt; "
+            "clamped to the image",
         ),
         detector: str = Form(
             "", description="one of the configured detectors (default: the first)"
@@ -140,10 +144,10 @@ class _Unauthorised(Exception):
 
 
 def _parse_boxes(text: str):
+    """The `boxes` field as JSON (checked by check_boxes, shared with the CLI and Python)."""
     if not text.strip():
         return None
     try:
-        boxes = json.loads(text)
+        return json.loads(text)  # NaN / Infinity parse here, and check_boxes refuses them
     except json.JSONDecodeError:
         raise VitsamError("boxes must be a JSON list of [x1, y1, x2, y2] pixel boxes") from None
-    return boxes

@@ -100,9 +100,9 @@ class SegmentService:
         a text-native segmenter (sam3) needs none, and `detector` is then ignored."""
         if not self.ready:
             raise NotReady(self.error or "models are still loading; retry shortly")
-        use_boxes = boxes is not None and len(boxes) > 0
-        if use_boxes:  # a bad box fails before it takes a place in the queue
+        if boxes is not None:  # a bad box fails before it takes a place in the queue
             boxes = check_boxes(boxes)
+        use_boxes = boxes is not None and len(boxes) > 0
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
         if isinstance(seg, Sam3Segmenter):  # text-native: its own detector
             det = seg
