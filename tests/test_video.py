@@ -147,7 +147,7 @@ class FollowTheSquares:
         self.tracker, self.colour_of, self.miss_blue_at, self.t = tracker, {}, miss_blue_at, 0
         finder = tracker.finder
         finder.detector.detect = self.detect
-        finder.segmenter.predict = self.predict
+        finder.segmenter.predict_chunks = lambda boxes: iter([self.predict(boxes)])
         tracker.model = self.video
 
     def detect(self, image, phrases, box_threshold, text_threshold):

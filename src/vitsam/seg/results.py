@@ -48,6 +48,17 @@ class Detection:
 
         return int(mask_utils.area(self.rle)) if self.rle is not None else 0
 
+    def to_json(self) -> dict:
+        """As in the documented JSON: rounded numbers, the mask as COCO compressed RLE."""
+        return {
+            "label": self.label,
+            "score": round(float(self.score), 4),
+            "box": [round(float(v), 2) for v in self.box],
+            "mask_score": round(float(self.mask_score), 4),
+            "area": self.area,
+            "mask": _rle_json(self.rle) if self.rle is not None else None,
+        }
+
 
 def _get_mask(d: Detection) -> np.ndarray | None:
     """(H, W) bool, decoded from `rle`; None before segmentation."""
@@ -65,17 +76,6 @@ def _set_mask(d: Detection, mask: np.ndarray | None) -> None:
 # A property over the dataclass field: the generated __init__ (rle first, then mask) and
 # every `d.mask = m` go through _set_mask, so callers keep the plain `mask` attribute.
 Detection.mask = property(_get_mask, _set_mask)  # type: ignore[assignment]
-
-    def to_json(self) -> dict:
-        """As in the documented JSON: rounded numbers, the mask as COCO compressed RLE."""
-        return {
-            "label": self.label,
-            "score": round(float(self.score), 4),
-            "box": [round(float(v), 2) for v in self.box],
-            "mask_score": round(float(self.mask_score), 4),
-            "area": self.area,
-            "mask": _rle_json(self.rle) if self.rle is not None else None,
-        }
 
 
 @dataclass
