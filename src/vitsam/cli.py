@@ -223,7 +223,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from vitsam.seg.results import FORMATS, save
 
     exports = parse_exports(args.export)
-    labelled = bool(exports)  # a LabelSet folder: resumable
+    labelled = bool(exports) or args.engine == "ray"  # a LabelSet folder: resumable
     fmt = args.format or ("json" if labelled else "overlay,masks,json")
     formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
     unknown = set(formats) - set(FORMATS)
@@ -234,6 +234,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         split_prompt(args.prompt or "")
     settings = _label_settings(args)
+    if args.engine == "ray":
+        return _segment_ray(args, settings, formats, exports)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars
@@ -280,6 +282,39 @@ def _label_settings(args: argparse.Namespace):
         nms_iou=args.nms,
         max_detections=args.max_detections,
     )
+
+
+def _segment_ray(args: argparse.Namespace, settings, formats, exports) -> int:
+    from vitsam.seg.ray_runner import label_with_ray
+
+    if formats != ("json",):
+        raise VitsamError("--engine ray writes the per-image JSON only: leave out --format")
+
+    def show(location: str, doc: dict | None, error: str) -> None:
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+        else:
+            print(_found(location, [(d["label"], d["score"]) for d in doc["detections"]]))
+
+    report = label_with_ray(
+        args.inputs,
+        args.out,
+        settings,
+        exports,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        polygons=args.polygons,
+        copy_images=args.copy_images,
+        progress=not args.quiet,
+        on_result=show,
+    )
+    if report.skipped:
+        print(f"{report.skipped} of {report.images} images already done in {args.out}")
+    todo = report.images - report.skipped
+    print(f"{todo - report.failed} of {todo} images segmented; outputs in {report.results}")
+    _print_exports(report.exports)
+    return 1 if report.failed else 0
 
 
 def _found(location, detections: list[tuple[str, float]]) -> str:
@@ -384,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="segments")
     p.add_argument(
         "--format",
-        help="which outputs: overlay,masks,json (default all three; json with --export)",
+        help="which outputs: overlay,masks,json (default all three; json with --export or ray)",
     )
     p.add_argument(
         "--instance-masks", action="store_true", help="one PNG per detection instead of a label map"
@@ -399,6 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--polygons", action="store_true", help="COCO masks as polygons, not RLE")
     g.add_argument(
         "--copy-images", action="store_true", help="copy images into the dataset, not links"
+    )
+    g.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="ray: Ray Data (RAY_ADDRESS or a local cluster)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray workers, each with its own models (one GPU each where there are GPUs)",
     )
     p.set_defaults(func=cmd_segment)
 
