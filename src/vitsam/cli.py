@@ -59,22 +59,26 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vitsam.vit import distributed
     from vitsam.vit import train as training
     from vitsam.vit.config import to_json
 
-    if args.resume:
-        fields = ("device", "precision", "workers", "compile", "epochs")
-        overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
-        history = training.resume(args.resume, progress=not args.quiet, **overrides)
-        out = args.resume
-    else:
-        cfg = _config_from_args(args)
-        if args.print_config:
-            print(to_json(cfg))
-            return 0
-        history = training.train(cfg, progress=not args.quiet)
-        out = cfg.out
-    if history:
+    try:  # under torchrun, each process is one rank of a data-parallel run
+        if args.resume:
+            fields = ("device", "precision", "workers", "compile", "epochs")
+            overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+            history = training.resume(args.resume, progress=not args.quiet, **overrides)
+            out = args.resume
+        else:
+            cfg = _config_from_args(args)
+            if args.print_config:
+                print(to_json(cfg))
+                return 0
+            history = training.train(cfg, progress=not args.quiet)
+            out = cfg.out
+    finally:
+        distributed.shutdown()
+    if history and distributed.from_env().is_main:
         best = max(r["test_acc"] for r in history)
         last = history[-1]
         print(
