@@ -289,16 +289,18 @@ def _label_settings(args: argparse.Namespace):
 
 
 def _segment_ray(args: argparse.Namespace, settings, formats, exports) -> int:
+    from tqdm import tqdm
+
     from vitsam.seg.ray_runner import label_with_ray
 
     if formats != ("json",):
         raise VitsamError("--engine ray writes the per-image JSON only: leave out --format")
 
-    def show(location: str, doc: dict | None, error: str) -> None:
+    def show(location: str, doc: dict | None, error: str) -> None:  # above the progress bar
         if error:
-            print(f"error: {error}", file=sys.stderr)
+            tqdm.write(f"error: {error}", file=sys.stderr)
         else:
-            print(_found(location, [(d["label"], d["score"]) for d in doc["detections"]]))
+            tqdm.write(_found(location, [(d["label"], d["score"]) for d in doc["detections"]]))
 
     report = label_with_ray(
         args.inputs,

@@ -72,7 +72,8 @@ class SegmentWorker:
             except VitsamError as e:
                 docs.append("")
                 errors.append(str(e))
-        out = {"path": batch["path"], "doc": np.array(docs), "error": np.array(errors)}
+        docs, errors = np.array(docs, dtype=object), np.array(errors, dtype=object)
+        out = {"path": batch["path"], "doc": docs, "error": errors}  # object: no fixed width
         if self.keep_bytes:
             out["bytes"] = batch["bytes"]
         return out
@@ -87,7 +88,7 @@ def list_sources(inputs: list[str]) -> tuple[list[Entry], list[str], object]:
     uris = [s for s in map(str, inputs) if "://" in s]
     if not uris:
         entries = named_images(inputs)
-        return entries, [str(Path(loc).resolve()) for loc, _ in entries], None
+        return entries, [os.path.abspath(loc) for loc, _ in entries], None
     if len(uris) != len(inputs):
         raise VitsamError("give local paths or URIs, not a mix of both")
     import pyarrow.fs as pafs
