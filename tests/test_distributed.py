@@ -119,3 +119,21 @@ def test_ranks_split_each_global_batch(tmp_path):
     assert len(one) == len(two) == 384 // 48
     for y, (a, b) in zip(one, two):
         assert len(a) == len(b) == 24 and torch.equal(torch.cat([a, b]), y)
+
+
+def test_dataloader_ranks_take_disjoint_shards(tmp_path):
+    from vitsam.vit.loaders import TextbookLoader
+
+    cfg = tiny_config(tmp_path, **{**PLAIN, "loader": "dataloader"})
+    data = training.prepare_data(cfg)
+    ranks = [
+        TextbookLoader(data.train, cfg, data.mean, data.std, torch.device("cpu"), 0, r, 2)
+        for r in (0, 1)
+    ]
+    for loader in ranks:
+        loader.set_epoch(3)
+    shards = [list(loader.sampler) for loader in ranks]
+    assert not set(shards[0]) & set(shards[1]) and len(set(shards[0] + shards[1])) == 384
+    assert [len(loader) for loader in ranks] == [384 // 48] * 2
+    x, y = next(iter(ranks[1]))
+    assert x.shape[0] == y.shape[0] == 24  # batch_size / world
