@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
+# .[dev] pulls in every extra (seg, serve, scale: Ray), so CI runs all their tests.
 .venv/bin/pip install -q -e ".[dev]"
 # The original SAM 2 code, for the checkpoint-parity test: a source package whose CUDA
 # extension is optional; build it without isolation so it uses the torch installed above.

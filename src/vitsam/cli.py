@@ -59,24 +59,28 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vitsam.vit import distributed
     from vitsam.vit import train as training
     from vitsam.vit.config import to_json
 
-    if args.resume:
-        from vitsam.vit.config import MODEL_FIELDS, TRAIN_FIELDS
+    try:  # under torchrun, each process is one rank of a data-parallel run
+        if args.resume:
+            from vitsam.vit.config import MODEL_FIELDS, TRAIN_FIELDS
 
-        given = MODEL_FIELDS | TRAIN_FIELDS
-        overrides = {k: v for k in given if (v := getattr(args, k, None)) is not None}
-        history = training.resume(args.resume, progress=not args.quiet, **overrides)
-        out = args.resume
-    else:
-        cfg = _config_from_args(args)
-        if args.print_config:
-            print(to_json(cfg))
-            return 0
-        history = training.train(cfg, progress=not args.quiet)
-        out = cfg.out
-    if history:
+            given = MODEL_FIELDS | TRAIN_FIELDS
+            overrides = {k: v for k in given if (v := getattr(args, k, None)) is not None}
+            history = training.resume(args.resume, progress=not args.quiet, **overrides)
+            out = args.resume
+        else:
+            cfg = _config_from_args(args)
+            if args.print_config:
+                print(to_json(cfg))
+                return 0
+            history = training.train(cfg, progress=not args.quiet)
+            out = cfg.out
+    finally:
+        distributed.shutdown()
+    if history and distributed.from_env().is_main:
         best = max(r["test_acc"] for r in history)
         last = history[-1]
         print(
@@ -239,9 +243,8 @@ def _attach_box_values(argv: list[str]) -> list[str]:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vitsam.images import list_images
-    from vitsam.seg import TextSegmenter
     from vitsam.seg.detect import split_prompt
+    from vitsam.seg.labelset import LabelSet, named_images, parse_exports
     from vitsam.seg.pipeline import as_image, check_boxes, check_options
     from vitsam.seg.results import FORMATS, save
     from vitsam.seg.videoio import is_video_path
@@ -250,52 +253,113 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _check_box_segmenter(args.segmenter)
     if args.video or any(is_video_path(Path(p)) for p in args.inputs):
         return _segment_videos(args)
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    exports = parse_exports(args.export)
+    labelled = bool(exports) or args.engine == "ray"  # a LabelSet folder: resumable
+    fmt = args.format or ("json" if labelled else "overlay,masks,json")
+    formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
-        raise VitsamError(
-            f"--format takes a comma list of {', '.join(FORMATS)}; got {args.format!r}"
-        )
+        raise VitsamError(f"--format takes a comma list of {', '.join(FORMATS)}; got {fmt!r}")
     if args.box:  # bad boxes, prompts and options fail before any model loads
         check_boxes(args.box)
     else:
         split_prompt(args.prompt or "")
     check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections)
+    settings = _label_settings(args)
+    if args.engine == "ray":
+        return _segment_ray(args, settings, formats, exports)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars
-    images = _inputs_with_names(args.inputs, list_images)
+    images = named_images(args.inputs)
     if not images:
         raise VitsamError(f"no image files in {' '.join(args.inputs)}")
-    segmenter = TextSegmenter.from_pretrained(
-        detector=None if args.box else args.detector,
+    labels = LabelSet(args.out, settings) if labelled else None
+    todo = labels.pending(images) if labels else images
+    if len(todo) < len(images):
+        print(f"{len(images) - len(todo)} of {len(images)} images already done in {args.out}")
+    segmenter = settings.load(args.device, args.precision) if todo else None
+    out, failed = labels.results if labels else Path(args.out), 0
+    formats = tuple(f for f in formats if not labels or f != "json")  # the LabelSet writes it
+    bar = tqdm(todo, desc="segment", disable=len(todo) < 2 or args.quiet, unit="image")
+    for path, name in bar:
+        try:
+            image, _ = as_image(path)
+            result = settings.segment(segmenter, image)
+            result.image = str(path)
+            save(result, image, out, name, formats, args.instance_masks)
+            if labels:
+                labels.add(name, result.to_json())
+        except VitsamError as e:
+            failed += 1
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            continue
+        tqdm.write(_found(path, [(d.label, d.score) for d in result.detections]))
+    print(f"{len(todo) - failed} of {len(todo)} images segmented; outputs in {out}")
+    if labels:
+        _print_exports(labels.export(images, exports, args.polygons, args.copy_images))
+    return 1 if failed else 0
+
+
+def _label_settings(args: argparse.Namespace):
+    from vitsam.seg.labelset import LabelSettings
+
+    return LabelSettings(
+        prompt=args.prompt or "",
+        boxes=[list(b) for b in args.box or []],
+        detector=args.detector,
         segmenter=args.segmenter,
-        device=args.device,
-        precision=args.precision,
         box_threshold=args.box_threshold,
         text_threshold=args.text_threshold,
         nms_iou=args.nms,
         max_detections=args.max_detections,
     )
-    out, failed = Path(args.out), 0
-    bar = tqdm(images, desc="segment", disable=len(images) < 2 or args.quiet, unit="image")
-    for path, name in bar:
-        try:
-            image, _ = as_image(path)
-            if args.box:
-                result = segmenter.segment_boxes(image, args.box, prompt=args.prompt or "")
-            else:
-                result = segmenter.segment(image, args.prompt)
-            result.image = str(path)
-            save(result, image, out, name, formats, args.instance_masks)
-        except VitsamError as e:
-            failed += 1
-            tqdm.write(f"error: {e}", file=sys.stderr)
-            continue
-        found = ", ".join(f"{d.label} {d.score:.2f}" for d in result.detections) or "nothing found"
-        tqdm.write(f"{path}: {len(result.detections)} detections ({found})")
-    print(f"{len(images) - failed} of {len(images)} images segmented; outputs in {out}")
-    return 1 if failed else 0
+
+
+def _segment_ray(args: argparse.Namespace, settings, formats, exports) -> int:
+    from tqdm import tqdm
+
+    from vitsam.seg.ray_runner import label_with_ray
+
+    if formats != ("json",):
+        raise VitsamError("--engine ray writes the per-image JSON only: leave out --format")
+
+    def show(location: str, doc: dict | None, error: str) -> None:  # above the progress bar
+        if error:
+            tqdm.write(f"error: {error}", file=sys.stderr)
+        else:
+            tqdm.write(_found(location, [(d["label"], d["score"]) for d in doc["detections"]]))
+
+    report = label_with_ray(
+        args.inputs,
+        args.out,
+        settings,
+        exports,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        polygons=args.polygons,
+        copy_images=args.copy_images,
+        progress=not args.quiet,
+        on_result=show,
+    )
+    if report.skipped:
+        print(f"{report.skipped} of {report.images} images already done in {args.out}")
+    todo = report.images - report.skipped
+    print(f"{todo - report.failed} of {todo} images segmented; outputs in {report.results}")
+    _print_exports(report.exports)
+    return 1 if report.failed else 0
+
+
+def _found(location, detections: list[tuple[str, float]]) -> str:
+    found = ", ".join(f"{label} {score:.2f}" for label, score in detections) or "nothing found"
+    return f"{location}: {len(detections)} detections ({found})"
+
+
+def _print_exports(summaries) -> None:
+    for s in summaries:
+        dropped = f"; {s.left_out} empty masks left out" if s.left_out else ""
+        print(f"dataset: {s.path} ({s.images} images, {s.annotations} annotations{dropped})")
 
 
 def _check_box_segmenter(segmenter: str) -> None:
@@ -319,9 +383,12 @@ def _segment_videos(args: argparse.Namespace) -> int:
     from vitsam.seg.video import VIDEO_FORMATS, VideoSegmenter
     from vitsam.seg.videoio import VideoReader, is_video_path
 
-    formats = tuple(f for f in (f.strip() for f in args.format.split(",")) if f in VIDEO_FORMATS)
+    if args.export or args.engine != "local":
+        raise VitsamError("--export and --engine ray take images, not videos: leave them out")
+    fmt = args.format or ",".join(VIDEO_FORMATS)
+    formats = tuple(f for f in (f.strip() for f in fmt.split(",")) if f in VIDEO_FORMATS)
     if not formats:
-        raise VitsamError(f"for a video, --format takes {','.join(VIDEO_FORMATS)}; got {args.format!r}")
+        raise VitsamError(f"for a video, --format takes {','.join(VIDEO_FORMATS)}; got {fmt!r}")
     if args.box:
         check_boxes(args.box)
     else:
@@ -409,16 +476,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"vitsam serving on http://{args.host}:{args.port}/ (API: /v1/segment, docs: /docs)")
     run(service, args.host, args.port, token, args.max_upload_mb)
     return 0
-
-
-def _inputs_with_names(inputs: list[str], list_images) -> list[tuple[Path, str]]:
-    """Each image with an output name: its stem, prefixed by sub-folders inside a given folder."""
-    out = []
-    for item in map(Path, inputs):
-        for f in list_images([item]):
-            rel = f.relative_to(item) if item.is_dir() else Path(f.name)
-            out.append((f, "__".join(rel.with_suffix("").parts)))
-    return out
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -509,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="segments")
     p.add_argument(
-        "--format", default="overlay,masks,json", help="which outputs: overlay,masks,json"
+        "--format",
+        help="which outputs: overlay,masks,json (default all three; json with --export or ray)",
     )
     p.add_argument(
         "--instance-masks", action="store_true", help="one PNG per detection instead of a label map"
@@ -526,6 +584,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="detector + SAM 2: detect again every N processed frames (0 = first frame only)",
     )  # fmt: skip
     video.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 30)")
+    g = p.add_argument_group("datasets and scale (resumable: a rerun skips images already done)")
+    g.add_argument(
+        "--export", metavar="coco|yolo", help="build a dataset in --out (or both: coco,yolo)"
+    )
+    g.add_argument("--polygons", action="store_true", help="COCO masks as polygons, not RLE")
+    g.add_argument(
+        "--copy-images", action="store_true", help="copy images into the dataset, not links"
+    )
+    g.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="ray: Ray Data (RAY_ADDRESS or a local cluster)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray workers, each with its own models (one GPU each where there are GPUs)",
+    )
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("serve", help="the web page and HTTP API for segmentation")

@@ -34,6 +34,8 @@ class DeviceLoader:
 
     Each epoch visits every example once in a fresh random order (the last partial batch
     is dropped when `drop_last`). Randomness comes from `gen`, a generator on `device`.
+    Data-parallel: every rank draws the same order from `gen` and takes its slice,
+    `batch_size / world`, of each global batch; it augments with its own `aug_gen`.
     """
 
     def __init__(
@@ -45,12 +47,16 @@ class DeviceLoader:
         gen: torch.Generator,
         train: bool = True,
         drop_last: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        aug_gen: torch.Generator | None = None,
     ) -> None:
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.cfg, self.normalize, self.gen = cfg, normalize, gen
         self.train, self.drop_last = train, drop_last
-        self.batch_size = cfg.batch_size
+        self.batch_size = cfg.batch_size  # the global batch
+        self.rank, self.world, self.aug_gen = rank, world, aug_gen or gen
 
     def set_epoch(self, epoch: int) -> None:
         """Nothing to do: the order and augmentation come from `gen`, which checkpoints carry."""
@@ -61,7 +67,7 @@ class DeviceLoader:
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> augmented, normalised float batch."""
-        cfg, gen = self.cfg, self.gen
+        cfg, gen = self.cfg, self.aug_gen
         x = augment.crop_flip(x, cfg.crop_padding, cfg.flip, gen).float().div_(255)
         if cfg.policy == "randaugment":
             x = augment.randaugment(x, cfg.randaug_ops, cfg.randaug_magnitude, gen)
@@ -75,8 +81,10 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.gen, device=self.gen.device)
+        b = self.batch_size // self.world  # this rank's share of each global batch
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            start = i * self.batch_size + self.rank * b
+            idx = order[start : start + b]
             yield self.augment(self.images[idx]), self.labels[idx]
 
 
@@ -111,7 +119,11 @@ def textbook_transform(cfg: TrainConfig, mean: list[float], std: list[float], si
 
 
 class TextbookLoader:
-    """A torch DataLoader over per-image transforms, batches moved to the device."""
+    """A torch DataLoader over per-image transforms, batches moved to the device.
+
+    Data-parallel: a DistributedSampler gives each rank its share of every epoch's order
+    (the order seeded from the seed and epoch), in batches of `batch_size / world`.
+    """
 
     def __init__(
         self,
@@ -121,14 +133,23 @@ class TextbookLoader:
         std: list[float],
         device: torch.device,
         seed: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         transform = textbook_transform(cfg, mean, std, data.images.shape[-1])
-        self.device, self.seed = device, seed
+        self.device, self.seed, self.rank, self.world = device, seed, rank, world
         self.generator = torch.Generator()
+        dataset = _TransformDataset(data, transform)
+        self.sampler = None
+        if world > 1:
+            self.sampler = torch.utils.data.DistributedSampler(
+                dataset, world, rank, shuffle=True, seed=seed, drop_last=True
+            )
         self.loader = torch.utils.data.DataLoader(
-            _TransformDataset(data, transform),
-            batch_size=cfg.batch_size,
-            shuffle=True,
+            dataset,
+            batch_size=cfg.batch_size // world,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
             drop_last=True,
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
@@ -139,7 +160,9 @@ class TextbookLoader:
         """Seed this epoch's order and worker seeds from (seed, epoch), so a resumed run
         sees the same batches. With workers=0 the transforms draw from torch's global RNG,
         which the trainer's checkpoints carry."""
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        self.generator.manual_seed((self.seed * 100_003 + epoch) * self.world + self.rank)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from vitsam.devices import choose_precision, resolve_device, seed_everything
 from vitsam.errors import VitsamError
-from vitsam.vit import augment
+from vitsam.vit import augment, distributed
 from vitsam.vit.config import TrainConfig, from_dict, to_dict, to_json
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
 from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint
@@ -90,9 +90,11 @@ class Trainer:
         self.out = Path(cfg.out)
         self.progress = progress
         seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = distributed.setup(resolve_device(cfg.device))
+        distributed.local_batch(cfg.batch_size, self.dist)  # the global batch must split
         precision = choose_precision(cfg.precision, self.device)
-        log.info("precision %s", precision)  # the run's first line: what was chosen and why
+        if self.dist.is_main:  # the run's first line: what was chosen and why
+            log.info("precision %s", precision)
         self.dtype = precision.dtype
         self.eval_dtype = (
             self.dtype
@@ -106,7 +108,8 @@ class Trainer:
             attn = "plain" if self.device.type == "cpu" else "sdpa"
         self.model.set_attention(attn)
         self.ema = copy.deepcopy(self.model).eval() if cfg.ema > 0 else None
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        net = distributed.wrap(self.model, self.dist, self.device)
+        self.forward = torch.compile(net) if cfg.compile else net
         self.opt = self._optimizer()
         self.steps_per_epoch = len(self.data.train) // cfg.batch_size
         if self.steps_per_epoch == 0:
@@ -128,6 +131,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         self.beta_rng = np.random.default_rng(cfg.seed)
+        # data-parallel ranks share `gen` for the order and augment from their own stream
+        self.aug_gen = torch.Generator(self.device) if self.dist.enabled else self.gen
         self.normalize = Normalize(self.data.mean, self.data.std, self.device)
         self.loader = self._loader()
         self.epoch = 0  # epochs finished
@@ -162,14 +167,30 @@ class Trainer:
         return lr_factor(step, warmup, self.steps_per_epoch * cfg.epochs, ratio, cfg.schedule)
 
     def _loader(self):
-        kind = self.cfg.loader
+        kind, d = self.cfg.loader, self.dist
         if kind == "auto":
             kind = "device" if fits_on_device(self.data.train, self.device) else "dataloader"
         if kind == "device":
-            return DeviceLoader(self.data.train, self.cfg, self.normalize, self.device, self.gen)
+            return DeviceLoader(
+                self.data.train,
+                self.cfg,
+                self.normalize,
+                self.device,
+                self.gen,
+                rank=d.rank,
+                world=d.world,
+                aug_gen=self.aug_gen,
+            )
         if kind == "dataloader":
             return TextbookLoader(
-                self.data.train, self.cfg, self.data.mean, self.data.std, self.device, self.cfg.seed
+                self.data.train,
+                self.cfg,
+                self.data.mean,
+                self.data.std,
+                self.device,
+                self.cfg.seed,
+                d.rank,
+                d.world,
             )
         raise VitsamError(f"unknown loader {kind!r}: choose auto, device or dataloader")
 
@@ -264,10 +285,13 @@ class Trainer:
         k = cfg.model.num_classes
         model.train()
         self.loader.set_epoch(self.epoch)
+        if self.dist.enabled:
+            self.beta_rng = distributed.seed_rank(self.dist, cfg.seed, self.epoch, self.aug_gen)
         loss_sum = torch.zeros((), device=self.device)  # metrics stay on the device: no sync
         correct = torch.zeros((), device=self.device)
         seen = 0
-        bar = _bar(self.loader, self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        progress = self.progress and self.dist.is_main  # one bar: rank 0's
+        bar = _bar(self.loader, progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
         for x, y in bar:
             m = augment.mix(
@@ -278,7 +302,7 @@ class Trainer:
                 cfg.cutmix if mixing else 0.0,
                 cfg.mix_prob,
                 cfg.label_smoothing,
-                self.gen,
+                self.aug_gen,
                 self.beta_rng,
             )
             with autocast(self.device, self.dtype):
@@ -297,30 +321,33 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == m.targets.argmax(1)).sum()
             seen += len(y)
-            if self.progress and bar.n % 20 == 0:  # an occasional sync for the bar only
+            if progress and bar.n % 20 == 0:  # an occasional sync for the bar only
                 dt = time.perf_counter() - t0
                 bar.set_postfix(
                     loss=f"{loss_sum.item() / seen:.3f}",
                     acc=f"{correct.item() / seen:.3f}",
                     img_s=f"{seen / dt:.0f}",
                 )
-        return loss_sum.item() / seen, correct.item() / seen, seen
+        seen = torch.tensor(seen, device=self.device)
+        loss_sum, correct, seen = distributed.all_reduce_sum(self.dist, loss_sum, correct, seen)
+        return loss_sum.item() / seen.item(), correct.item() / seen.item(), int(seen.item())
 
     # --- the run -----------------------------------------------------------------------
 
     def run(self, on_epoch_end: Callable[[dict], None] | None = None) -> list[dict]:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(to_json(cfg) + "\n")
-        log.info(
-            "ViT: %s parameters; %d train / %d test images; device %s, %s, %s loader",
-            f"{count_parameters(self.model):,}",
-            len(self.data.train),
-            len(self.data.test),
-            self.device,
-            str(self.dtype).replace("torch.", ""),
-            type(self.loader).__name__,
-        )
+        if self.dist.is_main:  # rank 0 alone writes files and logs
+            (self.out / "config.json").write_text(to_json(cfg) + "\n")
+            log.info(
+                "ViT: %s parameters; %d train / %d test images; device %s, %s, %s loader",
+                f"{count_parameters(self.model):,}",
+                len(self.data.train),
+                len(self.data.test),
+                self.device,
+                str(self.dtype).replace("torch.", ""),
+                type(self.loader).__name__,
+            )
         plotted = time.monotonic()
         while self.epoch < cfg.epochs:
             lr = self.opt.param_groups[0]["lr"]
@@ -328,14 +355,15 @@ class Trainer:
             try:
                 train_loss, train_acc, seen = self.train_epoch()
             except KeyboardInterrupt:
-                save_atomic(self.weights_checkpoint(), self.out / "interrupted.pt")
-                log.warning(
-                    "interrupted: weights saved to %s; `vitsam train --resume %s` continues "
-                    "from the last finished epoch (%d)",
-                    self.out / "interrupted.pt",
-                    self.out,
-                    self.epoch,
-                )
+                if self.dist.is_main:
+                    save_atomic(self.weights_checkpoint(), self.out / "interrupted.pt")
+                    log.warning(
+                        "interrupted: weights saved to %s; `vitsam train --resume %s` continues "
+                        "from the last finished epoch (%d)",
+                        self.out / "interrupted.pt",
+                        self.out,
+                        self.epoch,
+                    )
                 raise
             if not math.isfinite(train_loss):
                 raise VitsamError(
@@ -367,27 +395,32 @@ class Trainer:
                 "eval_precision": str(self.eval_dtype).replace("torch.", ""),
             }
             self.history.append(row)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if result.accuracy > self.best_acc:
-                self.best_acc = result.accuracy
-                save_atomic(self.weights_checkpoint(test_acc=result.accuracy), self.out / "best.pt")
-            save_atomic(self.state(), self.out / "last.pt")
-            # a redraw takes ~0.1 s, which adds up over short GPU epochs: at most every 10 s
-            if self.epoch in (1, cfg.epochs) or time.monotonic() - plotted >= 10:
-                plot_curves(self.history, self.out / "curves.png")
-                plotted = time.monotonic()
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs  %.0f img/s",
-                self.epoch,
-                cfg.epochs,
-                train_loss,
-                train_acc,
-                result.loss,
-                result.accuracy,
-                seconds,
-                row["images_per_second"],
-            )
+            improved = result.accuracy > self.best_acc
+            self.best_acc = max(self.best_acc, result.accuracy)
+            if self.dist.is_main:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if improved:
+                    save_atomic(
+                        self.weights_checkpoint(test_acc=result.accuracy), self.out / "best.pt"
+                    )
+                save_atomic(self.state(), self.out / "last.pt")
+                # a redraw takes ~0.1 s, which adds up over short GPU epochs: at most every 10 s
+                if self.epoch in (1, cfg.epochs) or time.monotonic() - plotted >= 10:
+                    plot_curves(self.history, self.out / "curves.png")
+                    plotted = time.monotonic()
+                log.info(
+                    "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs  %.0f img/s",
+                    self.epoch,
+                    cfg.epochs,
+                    train_loss,
+                    train_acc,
+                    result.loss,
+                    result.accuracy,
+                    seconds,
+                    row["images_per_second"],
+                )
+            distributed.barrier(self.dist)  # the other ranks wait for the checkpoint
             if on_epoch_end is not None:
                 on_epoch_end(row)
         return self.history
@@ -442,8 +475,9 @@ def resume(
         )
     trainer = Trainer(cfg, progress=progress)
     trainer.load_state(state)
-    metrics = run_dir / "metrics.jsonl"
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
+    if trainer.dist.is_main:
+        metrics = run_dir / "metrics.jsonl"
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
     return trainer.run(on_epoch_end)
 
 

@@ -1,0 +1,241 @@
+"""A labelled folder: per-image results that survive interruption, and datasets built from them.
+
+    OUT/run.json            the settings the labels are made with (a rerun must match)
+    OUT/results/NAME.json   one per finished image (written whole, then renamed into place)
+    OUT/images/NAME.ext     links to (or copies of) the originals, for the datasets
+    OUT/annotations.json    COCO                     OUT/labels/, OUT/data.yaml   YOLO
+
+Both engines (the local loop in `vitsam segment` and Ray) write through a LabelSet: an
+image whose result file exists is done, and a rerun with the same OUT skips it. The
+datasets are rebuilt from the result files at the end of every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from PIL import Image, ImageOps
+
+from vitsam.errors import VitsamError
+from vitsam.images import list_images
+from vitsam.seg.exports import ExportSummary, Item, write_atomic, write_coco, write_yolo
+from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+
+Entry = tuple[Path | str, str]  # (a local path or a URI, the image's output name)
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class LabelSettings:
+    """What decides an image's labels: the prompt (or boxes), the models, the thresholds."""
+
+    prompt: str = ""  # phrases separated by '.'; the dataset's categories, in this order
+    boxes: list[list[float]] = field(default_factory=list)  # XYXY pixels: no detector
+    detector: str = DEFAULT_DETECTOR
+    segmenter: str = DEFAULT_SEGMENTER
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    nms_iou: float = 0.0
+    max_detections: int = 100
+
+    def categories(self) -> list[str]:
+        from vitsam.seg.detect import split_prompt
+
+        return ["box"] if self.boxes else split_prompt(self.prompt)
+
+    def check(self) -> None:
+        """Raise VitsamError for an empty prompt, a bad box or an unknown model name."""
+        from vitsam.seg.pipeline import check_boxes
+        from vitsam.seg.registry import DETECTORS, SEGMENTERS, resolve
+
+        if self.boxes:
+            check_boxes(self.boxes)
+        else:
+            self.categories()
+            resolve(self.detector, DETECTORS, "detector")
+        resolve(self.segmenter, SEGMENTERS, "segmenter")
+
+    def load(self, device: str = "auto", precision: str = "auto"):
+        """The TextSegmenter these settings describe (no detector for box prompts)."""
+        from vitsam.seg.pipeline import TextSegmenter
+
+        return TextSegmenter.from_pretrained(
+            detector=None if self.boxes else self.detector,
+            segmenter=self.segmenter,
+            device=device,
+            precision=precision,
+            box_threshold=self.box_threshold,
+            text_threshold=self.text_threshold,
+            nms_iou=self.nms_iou,
+            max_detections=self.max_detections,
+        )
+
+    def segment(self, segmenter, image: Image.Image):
+        """One RGB image -> its Segmentation, by the prompt or the boxes."""
+        if self.boxes:
+            return segmenter.segment_boxes(image, self.boxes, prompt=self.prompt)
+        return segmenter.segment(image, self.prompt)
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
+
+
+def output_name(relative: PurePosixPath | Path) -> str:
+    """An image's path below its input folder -> its output name: 'sub/cat.jpg' -> 'sub__cat'."""
+    return "__".join(relative.with_suffix("").parts)
+
+
+def named_images(inputs: list[str | Path]) -> list[Entry]:
+    """Local files and folders -> (path, output name) per image, folders searched recursively."""
+    out: list[Entry] = []
+    for item in map(Path, inputs):
+        for f in list_images([item]):
+            out.append((f, output_name(f.relative_to(item) if item.is_dir() else Path(f.name))))
+    return out
+
+
+def suffix(location: Path | str) -> str:
+    return PurePosixPath(str(location)).suffix
+
+
+class LabelSet:
+    """The labelled folder OUT for one set of LabelSettings (see the module docstring).
+
+    Raises VitsamError when OUT holds results made with other settings.
+    """
+
+    def __init__(self, root: str | Path, settings: LabelSettings) -> None:
+        self.root, self.settings = Path(root), settings
+        self.results = self.root / "results"
+        self.images = self.root / "images"
+        manifest, mine = self.root / "run.json", settings.to_json()
+        if manifest.exists():
+            theirs = json.loads(manifest.read_text())
+            changed = [
+                f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v
+            ]
+            if changed:
+                raise VitsamError(
+                    f"{self.root} was labelled with other settings ({'; '.join(changed)}): "
+                    "use another --out, or delete that folder to start over"
+                )
+        self.results.mkdir(parents=True, exist_ok=True)
+        if not manifest.exists():
+            write_atomic(manifest, json.dumps(mine, indent=1) + "\n")
+
+    def result_path(self, name: str) -> Path:
+        return self.results / f"{name}.json"
+
+    def pending(self, entries: list[Entry]) -> list[Entry]:
+        """The entries without a result yet. Two images with one output name are an error."""
+        seen: dict[str, Path | str] = {}
+        for location, name in entries:
+            if name in seen:
+                raise VitsamError(
+                    f"{seen[name]} and {location} would both be labelled {name!r}: "
+                    "rename one (names drop the extension)"
+                )
+            seen[name] = location
+        return [(loc, name) for loc, name in entries if not self.result_path(name).exists()]
+
+    def add(self, name: str, doc: dict, data: bytes | None = None, ext: str = "") -> None:
+        """Record a finished image: its bytes into images/ when given (a remote source),
+        then its result, written whole and renamed into place, which marks it done."""
+        if data is not None:
+            self.images.mkdir(exist_ok=True)
+            _place_bytes(data, self.images / f"{name}{ext}")
+        write_atomic(self.result_path(name), json.dumps(doc, indent=1) + "\n")
+
+    def read(self, name: str) -> dict:
+        return json.loads(self.result_path(name).read_text())
+
+    def export(
+        self,
+        entries: list[Entry],
+        kinds: tuple[str, ...],
+        polygons: bool = False,
+        copy_images: bool = False,
+    ) -> list[ExportSummary]:
+        """Rebuild each dataset kind ('coco', 'yolo') from the results of `entries` that
+        are done, in entry order; local images are linked (or copied) into images/."""
+        done = [(loc, name) for loc, name in entries if self.result_path(name).exists()]
+        if not kinds:
+            return []
+        self.images.mkdir(exist_ok=True)
+        for location, name in done:
+            dest = self.images / f"{name}{suffix(location)}"
+            if not os.path.lexists(dest) and Path(location).is_file():
+                _place_file(Path(location), dest, copy_images)
+
+        def items() -> Iterator[Item]:
+            for location, name in done:
+                yield Item(f"{name}{suffix(location)}", self.read(name))
+
+        names = self.settings.categories()
+        writers = {
+            "coco": lambda: write_coco(items(), names, self.root / "annotations.json", polygons),
+            "yolo": lambda: write_yolo(items(), names, self.root),
+        }
+        return [writers[k]() for k in kinds]
+
+
+def parse_exports(text: str | None) -> tuple[str, ...]:
+    """'coco,yolo' -> ('coco', 'yolo'); None or '' -> ()."""
+    from vitsam.seg.exports import KINDS
+
+    kinds = tuple(k.strip().lower() for k in (text or "").split(",") if k.strip())
+    if set(kinds) - set(KINDS):
+        raise VitsamError(f"--export takes {' or '.join(KINDS)} (or both, comma-separated)")
+    return tuple(dict.fromkeys(kinds))
+
+
+def _upright(image: Image.Image) -> Image.Image | None:
+    """The image turned upright when its EXIF orientation says so, else None."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
+        return None
+    return ImageOps.exif_transpose(image)
+
+
+def _save_upright(image: Image.Image, upright: Image.Image, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    options = {"quality": 95} if image.format == "JPEG" else {}
+    upright.save(tmp, format=image.format, **options)
+    os.replace(tmp, dest)
+
+
+def _place_file(src: Path, dest: Path, copy: bool) -> None:
+    """Link (or copy) an original into images/. An EXIF-rotated original is written
+    upright instead, because the masks are made on the upright image and not every
+    reader (torchvision's CocoDetection) applies the EXIF orientation."""
+    with Image.open(src) as image:
+        upright = _upright(image)
+        if upright is not None:
+            return _save_upright(image, upright, dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if not copy:
+        try:
+            os.symlink(src.resolve(), tmp)
+            return os.replace(tmp, dest)
+        except OSError:  # no symlinks here (Windows without the privilege): copy
+            pass
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def _place_bytes(data: bytes, dest: Path) -> None:
+    """Write an image's original bytes into images/ (upright if EXIF-rotated)."""
+    import io
+
+    with Image.open(io.BytesIO(data)) as image:
+        upright = _upright(image)
+        if upright is not None:
+            return _save_upright(image, upright, dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
