@@ -24,7 +24,7 @@ PLAIN = dict(crop_padding=0, flip=False, loader="device", workers=0)
 TOLERANCE = 1e-4
 FLAGS = ["--preset", "quick", "--dataset", "shapes", "--train-subset", "384", "--test-subset",
          "100", "--epochs", "2", "--batch-size", "48", "--dim", "32", "--depth", "2", "--heads",
-         "2", "--mlp-dim", "64", "--dropout", "0", "--lr", "1e-3", "--warmup-epochs", "0.5",
+         "2", "--mlp-dim", "64", "--patch-size", "4", "--dropout", "0", "--lr", "1e-3", "--warmup-epochs", "0.5",
          "--crop-padding", "0", "--no-flip", "--loader", "device", "--device", "cpu",
          "--precision", "fp32", "--quiet"]  # fmt: skip
 
