@@ -157,15 +157,15 @@ def main() -> None:
             f32, b16 = (matmul_gflops(d, m, k, n) for d in (torch.float32, torch.bfloat16))
             print(f"| ({m}, {k}) @ ({k}, {n}) | {f32:.0f} | {b16:.0f} |")
         print()
+    dtypes = [torch.float32, low]
+    if device.type == "cpu" and not cpu_has_fast_bf16() and not args.bf16:
+        dtypes = [torch.float32]
+        print("(bf16 step rows skipped: this CPU emulates bf16; --bf16 times them anyway)\n")
     print("| what | precision | images/s | step GFLOP/s |\n|---|---|---|---|")
 
     def row(what: str, dtype: torch.dtype, r: float) -> None:
         print(f"| {what} | {str(dtype)[6:]} | {r:.0f} | {r * step_gflop:.0f} |", flush=True)
 
-    dtypes = [torch.float32, low]
-    if device.type == "cpu" and not cpu_has_fast_bf16() and not args.bf16:
-        dtypes = [torch.float32]
-        print("(bf16 step rows skipped: this CPU emulates bf16; --bf16 times them anyway)\n")
     for dtype in dtypes:
         for impl in ("sdpa", "plain"):
             torch.manual_seed(0)
