@@ -35,7 +35,7 @@ def build_page(service: SegmentService):
 
     with gr.Blocks(title="vitsam: text-prompted segmentation") as page:
         gr.Markdown("## vitsam: text-prompted segmentation\nUpload an image, name what to find "
-                    "(phrases separated by '.'), press **Segment**.")  # fmt: skip
+                    "(phrases separated by '.' or ','), press **Segment**.")  # fmt: skip
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
