@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitsam.devices import resolve_device, resolve_precision
+    from vitsam.vit.config import eval_precision_name
     from vitsam.vit.data import load_dataset
     from vitsam.vit.evaluate import checkpoint_path, confusion_matrix, evaluate, load_classifier
     from vitsam.vit.loaders import Normalize
@@ -115,9 +116,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     clf.to(device)
     # the precision the training run evaluated in, so both report the same accuracy
-    precision = args.precision or cfg.get("eval_precision", "fp32")
-    if precision == "auto":
-        precision = cfg.get("precision", "auto")
+    precision = args.precision or eval_precision_name(
+        cfg.get("eval_precision", "fp32"), cfg.get("precision", "auto")
+    )
     result = evaluate(
         clf.model,
         test,

@@ -41,19 +41,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key is one of `keys`; None where
+    that file does not exist (macOS, Windows) or has no such line."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo ('flags' on x86, 'Features' on Arm);
     empty where that file does not exist (macOS, Windows)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+    return frozenset((_cpuinfo("flags", "Features") or "").split())
 
 
 def matmul_gflops(
@@ -98,14 +104,7 @@ def cpu_has_fast_bf16() -> bool:
 
 def cpu_description() -> str:
     """'AMD EPYC, 2 cores, bf16 units: avx512_bf16' — the CPU to name beside a timing."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
     units = [f for f in BF16_CPU_FLAGS if f in cpu_flags()]
     return f"{name}, {torch.get_num_threads()} threads, bf16 units: {', '.join(units) or 'none'}"
 

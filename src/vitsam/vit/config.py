@@ -168,6 +168,12 @@ def override(cfg: TrainConfig, fields: dict[str, Any]) -> TrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model), **train)
 
 
+def eval_precision_name(eval_precision: str, precision: str) -> str:
+    """The precision test-set evaluation runs in: `eval_precision`, where 'auto' means the
+    training precision (so `vitsam eval` measures what training reported)."""
+    return precision if eval_precision == "auto" else eval_precision
+
+
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from vitsam.devices import choose_precision, resolve_device, seed_everything
 from vitsam.errors import VitsamError
 from vitsam.vit import augment, distributed
-from vitsam.vit.config import TrainConfig, from_dict, to_dict, to_json
+from vitsam.vit.config import TrainConfig, eval_precision_name, from_dict, to_dict, to_json
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
 from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint
 from vitsam.vit.loaders import DeviceLoader, Normalize, TextbookLoader, fits_on_device
@@ -96,11 +96,8 @@ class Trainer:
         if self.dist.is_main:  # the run's first line: what was chosen and why
             log.info("precision %s", precision)
         self.dtype = precision.dtype
-        self.eval_dtype = (
-            self.dtype
-            if cfg.eval_precision == "auto"
-            else choose_precision(cfg.eval_precision, self.device).dtype
-        )
+        evaluation = eval_precision_name(cfg.eval_precision, cfg.precision)
+        self.eval_dtype = choose_precision(evaluation, self.device).dtype
         self.data = data or prepare_data(cfg)
         self.model = ViT(cfg.model).to(self.device)
         attn = cfg.model.attn_impl
