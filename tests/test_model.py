@@ -96,3 +96,35 @@ def test_cpu_dropout_draws_fresh_masks_in_any_dtype_and_size():
     assert a.dtype == torch.bfloat16 and a.shape == x.shape
     assert set(a.unique().tolist()) == {0.0, 2.0}
     assert not torch.equal(a, b)  # each call its own mask
+
+
+def test_conv_tokenizer_gives_the_patch_grid_of_tokens():
+    cfg = ModelConfig(tokenizer="conv", patch_size=8, dim=64, depth=1, heads=4, mlp_dim=64)
+    model = ViT(cfg)
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64]  # widths double up to dim
+    tokens = model.patch_embed(torch.randn(2, 3, 32, 32))
+    assert tokens.shape == (2, 16, 64)  # (32 / 8)^2 tokens, as PatchEmbed gives
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_fast_preset_is_the_conv_tokenizer_model_it_documents():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = ViT(preset("fast").model).eval()
+    model.set_attention("plain")  # counts the attention matmuls too
+    assert count_parameters(model) == 891_946  # 0.89 M, as the preset's docstring says
+    with FlopCounterMode(display=False) as flops:
+        model(torch.randn(1, 3, 32, 32))
+    assert round(flops.get_total_flops() / 1e6) == 47  # MFLOPs per image, forward
+
+
+@pytest.mark.parametrize("patch", [1, 6])
+def test_conv_tokenizer_needs_a_power_of_two_patch(patch):
+    with pytest.raises(VitsamError, match="power of two"):
+        ModelConfig(tokenizer="conv", patch_size=patch, image_size=24)
+
+
+def test_unknown_tokenizer_is_refused():
+    with pytest.raises(VitsamError, match="choose patch or conv"):
+        ModelConfig(tokenizer="hybrid")

@@ -123,3 +123,49 @@ def test_image_folder_training_reads_images_upright(tmp_path):
     img = train.images[0].float().mean(0)  # (H, W)
     # displayed upright, the stored top band is the right-hand side
     assert img[:, -6:].mean() > 200 and img[:, :6].mean() < 50
+
+
+def test_ema_follows_the_batchnorm_statistics_of_the_conv_tokenizer(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1, ema=0.99)
+    cfg.model.tokenizer, cfg.model.patch_size = "conv", 8
+    trainer = training.Trainer(cfg)
+    trainer.run()
+    bn = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    ema_bn = [m for m in trainer.ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and bn[0].num_batches_tracked > 0
+    for a, b in zip(bn, ema_bn):  # evaluated with statistics of the data, not of the init
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+
+
+def test_budget_epochs_fit_what_is_left():
+    # 60 s budget, 10 s gone of which 2 steps (1 s each) were the first epoch's; epochs
+    # of 10 steps + 2 s evaluation: (60 * 0.97 - 10 + 2) / 12 = 4.18 -> 4
+    assert training.budget_epochs(60, 10, 2, 1.0, 10, 2.0) == 4
+    assert training.budget_epochs(60, 59, 2, 1.0, 10, 2.0) == 1  # never fewer than one
+    assert training.budget_epochs(3600, 0, 0, 0.01, 100, 0.0, margin=0.0) == 3600
+
+
+def test_a_time_budget_fixes_the_epochs_and_records_them(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, epochs=1000, time_budget=0.25, train_subset=480, batch_size=16)
+    with caplog.at_level("INFO", logger="vitsam"):
+        history = training.train(cfg)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert 1 <= saved["epochs"] < 1000  # measured, whatever this machine's speed
+    assert len(history) == saved["epochs"] == cfg.epochs
+    assert saved["time_budget"] == 0.25
+    assert "time budget 0.25 min" in caplog.text
+    # a resumed run keeps the epochs it resolved instead of timing again
+    assert training.resume(cfg.out)[-1]["epoch"] == saved["epochs"]
+
+
+def test_a_time_budget_too_short_to_time_keeps_the_epochs(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, epochs=2, time_budget=1.0, train_subset=96, batch_size=48)
+    with caplog.at_level("WARNING", logger="vitsam"):
+        assert len(training.train(cfg)) == 2
+    assert "too few to time" in caplog.text
+
+
+def test_negative_time_budget_is_refused(tmp_path):
+    with pytest.raises(VitsamError, match="time-budget"):
+        tiny_config(tmp_path).__class__(time_budget=-1)

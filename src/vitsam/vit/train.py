@@ -36,9 +36,10 @@ class Data:
     std: list[float]
 
 
-def prepare_data(cfg: TrainConfig) -> Data:
-    """Load the dataset and fit the model config to it (channels, size, classes)."""
-    train, test = load_dataset(cfg.dataset, cfg.data_dir, cfg.model.image_size)
+def prepare_data(cfg: TrainConfig, loaded: tuple[ArrayDataset, ArrayDataset] | None = None) -> Data:
+    """Load the dataset (or take `loaded`, its (train, test) already in memory), apply the
+    subsets and fit the model config to it (channels, size, classes)."""
+    train, test = loaded or load_dataset(cfg.dataset, cfg.data_dir, cfg.model.image_size)
     train = train.subset(cfg.train_subset, seed=cfg.seed)
     test = test.subset(cfg.test_subset, seed=cfg.seed)
     if cfg.dataset in TORCHVISION or cfg.dataset == "shapes":
@@ -71,6 +72,26 @@ def lr_factor(
     return min_ratio + (1 - min_ratio) * decay
 
 
+def budget_epochs(
+    budget_s: float,
+    elapsed_s: float,
+    steps_done: int,
+    step_s: float,
+    steps_per_epoch: int,
+    eval_s: float,
+    margin: float = 0.03,
+) -> int:
+    """How many epochs fit in what is left of a time budget, at the measured speed.
+
+    `elapsed_s` is the run's time so far (data loading included), `steps_done` the steps of
+    the first epoch already taken (and timed into `elapsed_s`), `step_s` the measured seconds
+    per training step and `eval_s` the measured seconds of one test-set evaluation. Keeps
+    `margin` of the budget spare for checkpoints and speed drift. At least 1.
+    """
+    left = budget_s * (1 - margin) - elapsed_s + steps_done * step_s
+    return max(1, int(left // (steps_per_epoch * step_s + eval_s)))
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
@@ -89,6 +110,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
+        self.started = time.perf_counter()  # a time budget counts from here, data loading included
         seed_everything(cfg.seed)
         self.dist, self.device = distributed.setup(resolve_device(cfg.device))
         distributed.local_batch(cfg.batch_size, self.dist)  # the global batch must split
@@ -114,16 +136,7 @@ class Trainer:
                 f"batch size {cfg.batch_size} is larger than the {len(self.data.train)} "
                 "training images: lower --batch-size"
             )
-        if cfg.warmup_epochs >= cfg.epochs:
-            capped = cfg.epochs / 5
-            log.warning(
-                "warmup of %g epochs is not shorter than the %d-epoch run: capped to %g "
-                "(a fifth of the run); set --warmup-epochs to choose",
-                cfg.warmup_epochs,
-                cfg.epochs,
-                capped,
-            )
-            cfg.warmup_epochs = capped
+        self._cap_warmup()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
@@ -135,6 +148,58 @@ class Trainer:
         self.epoch = 0  # epochs finished
         self.best_acc = 0.0
         self.history: list[dict] = []
+        self.wall_before = 0.0  # wall seconds of the run before a resume
+
+    def _cap_warmup(self) -> None:
+        cfg = self.cfg
+        if cfg.warmup_epochs >= cfg.epochs:
+            capped = cfg.epochs / 5
+            log.warning(
+                "warmup of %g epochs is not shorter than the %d-epoch run: capped to %g "
+                "(a fifth of the run); set --warmup-epochs to choose",
+                cfg.warmup_epochs,
+                cfg.epochs,
+                capped,
+            )
+            cfg.warmup_epochs = capped
+
+    def _fit_time_budget(self, steps_done: int, step_s: float) -> None:
+        """Fix cfg.epochs so the run ends within cfg.time_budget minutes (see budget_epochs).
+
+        Called once, a few steps into a fresh run's first epoch, with the measured seconds
+        per step; times one evaluation on a slice of the test set; every rank gets the same
+        answer (the ranks' mean timings). The learning rate so far is warmup, which does not
+        depend on the run's length; the schedule follows the new length from the next step.
+        """
+        cfg = self.cfg
+        part = self.data.test.subset(min(len(self.data.test), 500), seed=cfg.seed)
+        t = time.perf_counter()
+        evaluate(
+            self.eval_model(), part, self.normalize, self.device, self.eval_dtype, cfg.tta_flip
+        )
+        eval_s = (time.perf_counter() - t) * len(self.data.test) / len(part)
+        timings = torch.tensor([step_s, eval_s], device=self.device)
+        step_s, eval_s = (
+            v.item() / self.dist.world for v in distributed.all_reduce_sum(self.dist, *timings)
+        )
+        elapsed = time.perf_counter() - self.started
+        cfg.epochs = budget_epochs(
+            cfg.time_budget * 60, elapsed, steps_done, step_s, self.steps_per_epoch, eval_s
+        )
+        per_epoch = self.steps_per_epoch * step_s + eval_s
+        if self.dist.is_main:
+            log.info(
+                "time budget %g min: %.3f s per step, %.1f s per evaluation, %.1f s so far "
+                "-> %d epochs of %.1f s",
+                cfg.time_budget,
+                step_s,
+                eval_s,
+                elapsed,
+                cfg.epochs,
+                per_epoch,
+            )
+            (self.out / "config.json").write_text(to_json(cfg) + "\n")
+        self._cap_warmup()
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -247,6 +312,8 @@ class Trainer:
             group["lr"] = base * self.lr_factor(self.sched.last_epoch)
         self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.best_acc, self.history = s["epoch"], s["best_acc"], list(s["history"])
+        if self.history:
+            self.wall_before = self.history[-1].get("wall_seconds", 0.0)
         rng = s["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -275,6 +342,8 @@ class Trainer:
         with torch.no_grad():
             e, m = list(self.ema.parameters()), list(self.model.parameters())
             torch._foreach_lerp_(e, m, 1 - decay)
+            for eb, mb in zip(self.ema.buffers(), self.model.buffers()):
+                eb.copy_(mb)  # BatchNorm statistics (conv tokenizer): the model's own
 
     def train_epoch(self) -> tuple[float, float, int]:
         cfg, model = self.cfg, self.model
@@ -290,7 +359,28 @@ class Trainer:
         progress = self.progress and self.dist.is_main  # one bar: rank 0's
         bar = _bar(self.loader, progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
+        # a time budget: time steps 3..3+CALIBRATION_STEPS of a fresh run (the first ones warm up)
+        calibrate = cfg.time_budget > 0 and self.sched.last_epoch == 0
+        calibration_steps = min(CALIBRATION_STEPS, self.steps_per_epoch - 4)
+        if calibrate and calibration_steps < 1:
+            log.warning(
+                "time budget: %d steps per epoch are too few to time; the run keeps %d epochs",
+                self.steps_per_epoch,
+                cfg.epochs,
+            )
+            calibrate = False
         for x, y in bar:
+            if calibrate and self.sched.last_epoch == 3:
+                loss_sum.item()  # waits for the device
+                tc = time.perf_counter()
+            if calibrate and self.sched.last_epoch == 3 + calibration_steps:
+                loss_sum.item()
+                self._fit_time_budget(
+                    self.sched.last_epoch, (time.perf_counter() - tc) / calibration_steps
+                )
+                calibrate = False
+                if progress:
+                    bar.set_description(f"epoch {self.epoch + 1}/{cfg.epochs}")
             m = augment.mix(
                 x,
                 y,
@@ -389,6 +479,8 @@ class Trainer:
                 "epoch_seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t1, 3),
+                # since the run started (data loading included; a resumed run adds its time)
+                "wall_seconds": round(self.wall_before + time.perf_counter() - self.started, 1),
                 "eval_precision": str(self.eval_dtype).replace("torch.", ""),
             }
             self.history.append(row)
@@ -423,13 +515,18 @@ class Trainer:
         return self.history
 
 
+CALIBRATION_STEPS = 20  # steps timed to fit a time budget
+
+
 def train(cfg: TrainConfig, progress: bool = False, on_epoch_end=None) -> list[dict]:
     """Train a fresh run into cfg.out; returns one metrics dict per epoch."""
     return Trainer(cfg, progress=progress).run(on_epoch_end)
 
 
 # Fields a resumed run may change: where and how fast it runs, and its length.
-RESUMABLE_FIELDS = frozenset({"device", "precision", "eval_precision", "workers", "compile", "epochs"})
+RESUMABLE_FIELDS = frozenset(
+    {"device", "precision", "eval_precision", "workers", "compile", "epochs"}
+)
 
 
 def resume(
