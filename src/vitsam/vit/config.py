@@ -197,7 +197,7 @@ def _preset_fast() -> TrainConfig:
     )
 
 
-FAST_EPOCHS = 20
+FAST_EPOCHS = 22  # about 54 minutes on a 2-core CPU without bf16 units (EPYC-AVX2)
 
 PRESETS = {
     "seed": _preset_seed,
