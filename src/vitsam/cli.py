@@ -245,9 +245,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vitsam.seg.detect import split_prompt
+    from vitsam.seg.folder import Outcome, Outputs, segment_folder
     from vitsam.seg.labelset import LabelSet, named_images, parse_exports
-    from vitsam.seg.pipeline import as_image, check_boxes, check_options
-    from vitsam.seg.results import FORMATS, save
+    from vitsam.seg.pipeline import check_boxes, check_options
+    from vitsam.seg.results import FORMATS
     from vitsam.seg.videoio import is_video_path
 
     if args.box:
@@ -280,23 +281,24 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if len(todo) < len(images):
         print(f"{len(images) - len(todo)} of {len(images)} images already done in {args.out}")
     segmenter = settings.load(args.device, args.precision) if todo else None
-    out, failed = labels.results if labels else Path(args.out), 0
-    formats = tuple(f for f in formats if not labels or f != "json")  # the LabelSet writes it
-    bar = tqdm(todo, desc="segment", disable=len(todo) < 2 or args.quiet, unit="image")
-    for path, name in bar:
-        try:
-            image, _ = as_image(path)
-            result = settings.segment(segmenter, image)
-            result.image = str(path)
-            save(result, image, out, name, formats, args.instance_masks)
-            if labels:
-                labels.add(name, result.to_json())
-        except VitsamError as e:
-            failed += 1
-            tqdm.write(f"error: {e}", file=sys.stderr)
-            continue
-        tqdm.write(_found(path, [(d.label, d.score) for d in result.detections]))
-    print(f"{len(todo) - failed} of {len(todo)} images segmented; outputs in {out}")
+    outputs = Outputs(
+        labels.results if labels else Path(args.out),
+        tuple(f for f in formats if not labels or f != "json"),  # the LabelSet writes it
+        args.instance_masks,
+        labels,
+    )
+    bar = tqdm(total=len(todo), desc="segment", disable=len(todo) < 2 or args.quiet, unit="image")
+
+    def show(done: Outcome) -> None:  # in input order, above the progress bar
+        bar.update()
+        if done.error:
+            tqdm.write(f"error: {done.error}", file=sys.stderr)
+        else:
+            tqdm.write(_found(done.location, [(d.label, d.score) for d in done.result.detections]))
+
+    with bar:
+        failed = segment_folder(todo, lambda im: settings.segment(segmenter, im), outputs, show)
+    print(f"{len(todo) - failed} of {len(todo)} images segmented; outputs in {outputs.out}")
     if labels:
         _print_exports(labels.export(images, exports, args.polygons, args.copy_images))
     return 1 if failed else 0

@@ -42,15 +42,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def open_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     """Open an image file fully decoded, EXIF-rotated and converted to `mode` ('RGB' or 'L').
 
-    Raises VitsamError naming the file when it is missing, not an image, truncated or a
-    decompression bomb.
+    Raises VitsamError naming the file when it is missing, unreadable, not an image,
+    truncated or a decompression bomb.
     """
     path = Path(path)
     if not path.exists():
         raise VitsamError(f"{path}: no such file")
     if path.is_dir():
         raise VitsamError(f"{path}: is a folder, not an image file")
-    return decode_image(path.read_bytes(), str(path), mode)
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # no permission, an I/O error
+        raise VitsamError(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode_image(data, str(path), mode)
 
 
 def decode_image(data: bytes, name: str = "image", mode: str = "RGB") -> Image.Image:
