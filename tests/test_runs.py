@@ -169,3 +169,8 @@ def test_a_time_budget_too_short_to_time_keeps_the_epochs(tmp_path, caplog):
 def test_negative_time_budget_is_refused(tmp_path):
     with pytest.raises(VitsamError, match="time-budget"):
         tiny_config(tmp_path).__class__(time_budget=-1)
+
+
+def test_epochs_that_fit_what_is_left_of_the_budget():
+    assert training.epochs_that_fit(100, 40, 10, margin=0.0) == 6
+    assert training.epochs_that_fit(100, 95, 10) == 0  # none: the run ends now

@@ -92,6 +92,11 @@ def budget_epochs(
     return max(1, int(left // (steps_per_epoch * step_s + eval_s)))
 
 
+def epochs_that_fit(budget_s: float, elapsed_s: float, epoch_s: float, margin: float = 0.03) -> int:
+    """Whole epochs of `epoch_s` seconds (training + evaluation) left in a time budget (>= 0)."""
+    return max(0, int((budget_s * (1 - margin) - elapsed_s) // epoch_s))
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
@@ -149,6 +154,7 @@ class Trainer:
         self.best_acc = 0.0
         self.history: list[dict] = []
         self.wall_before = 0.0  # wall seconds of the run before a resume
+        self.fitted = False  # epochs fitted to cfg.time_budget in this process
 
     def _cap_warmup(self) -> None:
         cfg = self.cfg
@@ -172,6 +178,7 @@ class Trainer:
         depend on the run's length; the schedule follows the new length from the next step.
         """
         cfg = self.cfg
+
         def timed_eval(n: int) -> tuple[float, int]:
             part = self.data.test.subset(min(len(self.data.test), n), seed=cfg.seed)
             t = time.perf_counter()
@@ -190,6 +197,7 @@ class Trainer:
         cfg.epochs = budget_epochs(
             cfg.time_budget * 60, elapsed, steps_done, step_s, self.steps_per_epoch, eval_s
         )
+        self.fitted = True  # kept to the budget after every epoch from here on
         per_epoch = self.steps_per_epoch * step_s + eval_s
         if self.dist.is_main:
             log.info(
@@ -204,6 +212,31 @@ class Trainer:
             )
             (self.out / "config.json").write_text(to_json(cfg) + "\n")
         self._cap_warmup()
+
+    def _keep_time_budget(self, epoch_s: float) -> None:
+        """After an epoch of a budgeted run: when epochs now run slower than timed (the
+        machine got busier), shorten the run so it still ends within the budget. The
+        learning-rate schedule follows the new length from the next step (a linear decay
+        then drops to the new line); a run is never lengthened."""
+        cfg = self.cfg
+        (total,) = distributed.all_reduce_sum(self.dist, torch.tensor(epoch_s, device=self.device))
+        epoch_s = total.item() / self.dist.world  # the ranks' mean: all decide alike
+        elapsed = self.wall_before + time.perf_counter() - self.started
+        fits = self.epoch + epochs_that_fit(cfg.time_budget * 60, elapsed, epoch_s)
+        if fits >= cfg.epochs:
+            return
+        if self.dist.is_main:
+            log.warning(
+                "time budget %g min: epochs take %.1f s, slower than timed; the run now ends "
+                "after %d epochs instead of %d",
+                cfg.time_budget,
+                epoch_s,
+                fits,
+                cfg.epochs,
+            )
+        cfg.epochs = fits
+        if self.dist.is_main:
+            (self.out / "config.json").write_text(to_json(cfg) + "\n")
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -514,6 +547,8 @@ class Trainer:
                     seconds,
                     row["images_per_second"],
                 )
+            if self.fitted and self.epoch < cfg.epochs:
+                self._keep_time_budget(row["epoch_seconds"] + row["eval_seconds"])
             distributed.barrier(self.dist)  # the other ranks wait for the checkpoint
             if on_epoch_end is not None:
                 on_epoch_end(row)
