@@ -88,12 +88,14 @@ def budget_epochs(
     per training step and `eval_s` the measured seconds of one test-set evaluation. Keeps
     `margin` of the budget spare for checkpoints and speed drift. At least 1.
     """
-    left = budget_s * (1 - margin) - elapsed_s + steps_done * step_s
-    return max(1, int(left // (steps_per_epoch * step_s + eval_s)))
+    # the first epoch's steps already taken are part of it: count from the epoch's start
+    start = elapsed_s - steps_done * step_s
+    return max(1, epochs_that_fit(budget_s, start, steps_per_epoch * step_s + eval_s, margin))
 
 
 def epochs_that_fit(budget_s: float, elapsed_s: float, epoch_s: float, margin: float = 0.03) -> int:
-    """Whole epochs of `epoch_s` seconds (training + evaluation) left in a time budget (>= 0)."""
+    """Whole epochs of `epoch_s` seconds (training + evaluation) left in a time budget (>= 0),
+    keeping `margin` of the budget spare."""
     return max(0, int((budget_s * (1 - margin) - elapsed_s) // epoch_s))
 
 
@@ -210,7 +212,7 @@ class Trainer:
                 cfg.epochs,
                 per_epoch,
             )
-            (self.out / "config.json").write_text(to_json(cfg) + "\n")
+            self._write_config()
         self._cap_warmup()
 
     def _keep_time_budget(self, epoch_s: float) -> None:
@@ -236,7 +238,11 @@ class Trainer:
             )
         cfg.epochs = fits
         if self.dist.is_main:
-            (self.out / "config.json").write_text(to_json(cfg) + "\n")
+            self._write_config()
+
+    def _write_config(self) -> None:
+        """RUN/config.json: the run's config as it stands (a time budget fixes its epochs)."""
+        (self.out / "config.json").write_text(to_json(self.cfg) + "\n")
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -463,7 +469,7 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:  # rank 0 alone writes files and logs
-            (self.out / "config.json").write_text(to_json(cfg) + "\n")
+            self._write_config()
             log.info(
                 "ViT: %s parameters; %d train / %d test images; device %s, %s, %s loader",
                 f"{count_parameters(self.model):,}",
