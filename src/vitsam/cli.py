@@ -304,6 +304,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _detection_options(args: argparse.Namespace) -> dict:
+    """The detection flags, as TextSegmenter / VideoSegmenter / LabelSettings name them."""
+    return {
+        "box_threshold": args.box_threshold,
+        "text_threshold": args.text_threshold,
+        "nms_iou": args.nms,
+        "max_detections": args.max_detections,
+    }
+
+
 def _label_settings(args: argparse.Namespace):
     from vitsam.seg.labelset import LabelSettings
 
@@ -312,10 +322,7 @@ def _label_settings(args: argparse.Namespace):
         boxes=[list(b) for b in args.box or []],
         detector=args.detector,
         segmenter=args.segmenter,
-        box_threshold=args.box_threshold,
-        text_threshold=args.text_threshold,
-        nms_iou=args.nms,
-        max_detections=args.max_detections,
+        **_detection_options(args),
     )
 
 
@@ -416,10 +423,7 @@ def _segment_videos(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         redetect=args.redetect,
-        box_threshold=args.box_threshold,
-        text_threshold=args.text_threshold,
-        nms_iou=args.nms,
-        max_detections=args.max_detections,
+        **_detection_options(args),
     )
     out, failed = Path(args.out), 0
     for path in videos:
