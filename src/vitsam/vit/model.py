@@ -203,9 +203,10 @@ class ViT(nn.Module):
         if isinstance(self.patch_embed, PatchEmbed):  # as a linear layer (MAE, timm)
             w = self.patch_embed.proj.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for m in self.patch_embed.modules():
-            if isinstance(m, nn.Conv2d) and not isinstance(self.patch_embed, PatchEmbed):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        else:  # conv stages followed by ReLU (He et al., 2015)
+            for m in self.patch_embed.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.head.weight)
 
     def set_attention(self, impl: str) -> None:
