@@ -16,6 +16,7 @@ folder and loaded through vitsam's own loading path. Measured:
 
     python benchmarks/sam3_speed.py                   # full size: an hour or more on a CPU
     python benchmarks/sam3_speed.py --tiny            # the test models: checks the script runs
+    python benchmarks/sam3_speed.py --part long --long-frames 30   # the memory table alone
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8, help="per frame: frames timed")
     p.add_argument("--long-frames", type=int, default=60, help="memory: the long clip's length")
     p.add_argument("--redetect", type=int, default=20)
+    p.add_argument("--part", choices=("speed", "long", "both"), default="both",
+                   help="speed: per image and per frame; long: the long clip's memory")  # fmt: skip
     args = p.parse_args()
     w, h = map(int, args.size.split("x"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
@@ -202,10 +205,13 @@ def main() -> None:
         folder = Path(tmp)
         models = build_tiny(folder) if args.tiny else build_full(folder)
         clip = write_clip(folder / "clip.mp4", max(args.frames, args.long_frames), w, h)
-        print("| per image | size | best s |\n|---|---|---|")
-        print("\n".join(per_image(models, image, args.repeats)), flush=True)
-        print("\n| per video frame | first frame s | then s/frame | frames |\n|---|---|---|---|")
-        print("\n".join(per_frame(models, clip, args.frames, args.redetect)), flush=True)
+        if args.part in ("speed", "both"):
+            print("| per image | size | best s |\n|---|---|---|")
+            print("\n".join(per_image(models, image, args.repeats)), flush=True)
+            print("\n| per video frame | first frame s | then s/frame | frames |\n|---|---|---|---|")
+            print("\n".join(per_frame(models, clip, args.frames, args.redetect)), flush=True)
+        if args.part == "speed":
+            return
         print("\n| long clip | frames | RSS before MB | peak RSS MB | RSS growth at each quarter MB |")
         print("|---|---|---|---|---|")
         print("\n".join(long_clip(models, clip, args.long_frames, args.redetect)), flush=True)

@@ -61,6 +61,11 @@ def photos(folder: Path, n: int, w: int, h: int) -> Path:
     return folder
 
 
+def _steady(done: list[float]) -> float:
+    """Images/s between the first and the last finished image (start-up and warm-up out)."""
+    return (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else float("nan")
+
+
 def bench_ray(args, tmp: Path) -> None:
     import ray
 
@@ -83,11 +88,12 @@ def bench_ray(args, tmp: Path) -> None:
 
     torch.set_num_threads(CORES)
     segmenter = settings.load("cpu", "fp32")
-    t0 = time.perf_counter()
+    t0, done = time.perf_counter(), []
     for f in sorted(folder.iterdir()):
         settings.segment(segmenter, Image.open(f).convert("RGB"))
-    rate = args.images / (time.perf_counter() - t0)
-    print(f"| local (in-process) | 1 | {CORES} | {rate:.2f} | {rate:.2f} |", flush=True)
+        done.append(time.perf_counter())
+    wall = args.images / (time.perf_counter() - t0)
+    print(f"| local (in-process) | 1 | {CORES} | {wall:.3f} | {_steady(done):.3f} |", flush=True)
     del segmenter
     ray.init(num_cpus=CORES, include_dashboard=False)
     try:
@@ -105,9 +111,8 @@ def bench_ray(args, tmp: Path) -> None:
                 on_result=lambda *_, done=done: done.append(time.perf_counter()),
             )
             wall = args.images / (time.perf_counter() - t0)
-            steady = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else float("nan")
             print(
-                f"| Ray Data | {workers} | {CORES // workers} | {wall:.2f} | {steady:.2f} |",
+                f"| Ray Data | {workers} | {CORES // workers} | {wall:.3f} | {_steady(done):.3f} |",
                 flush=True,
             )
     finally:

@@ -16,8 +16,17 @@ over N JPEG copies of the image, writing the overlay, masks and JSON of each: on
 a time, then with reading and writing overlapped with the models; images/s of each.
 `--detector DIR --segmenter DIR` use saved models instead of building the full-size ones.
 
+`--profile` times instead each stage of one image's run at default settings (one phrase),
+from hooks on the models' submodules and wrappers on the processors, pycocotools and the
+writers: preprocessing, Swin backbone, BERT text encoder, fusion encoder, decoder, the
+rest of the detector (projections, heads, query selection, box post-processing), SAM's
+preprocessing, image encoder, prompt encoder + mask decoder, mask upsampling, RLE and each
+output file. Also the detector's and the SAM image encoder's FLOPs, beside the GFLOP/s of
+a matmul at their shapes: the floor a run in this precision can reach on this CPU.
+
     python benchmarks/segment_speed.py [--size 1024x768] [--repeats 2]
     python benchmarks/segment_speed.py --folder 8 [--size 1024x768] [--repeats 2]
+    python benchmarks/segment_speed.py --profile [--repeats 2]
 """
 
 from __future__ import annotations
@@ -132,6 +141,116 @@ def folder_speed(ts, image: Image.Image, n: int, repeats: int, tmp: Path) -> Non
     print(f"\noverlap: {rates[True] / rates[False]:.2f}x the images/s of one step at a time")
 
 
+class StageTimer:
+    """Seconds per named stage, summed over calls: forward hooks on modules, wrappers on
+    methods. Stages must not nest (each second is counted once)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def module(self, module: torch.nn.Module, name: str) -> None:
+        def pre(*_):
+            self._start[name] = time.perf_counter()
+
+        def post(*_):
+            self.add(name, time.perf_counter() - self._start.pop(name))
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    def method(self, owner, attr: str, name: str) -> None:
+        fn = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - t0)
+
+        setattr(owner, attr, timed)
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an (m, k) @ (k, n) matmul on this CPU, best of 5."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    best = float("inf")
+    for _ in range(6):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best / 1e9
+
+
+def profile(ts, image: Image.Image, repeats: int, tmp: Path) -> None:
+    """Each stage's seconds (mean of `repeats` runs after a warm-up) and share of the run."""
+    import pycocotools.mask
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitsam.seg import results
+
+    det, sam = ts.detector, ts.segmenter
+    timer = StageTimer()
+    gd = det.model.model
+    for module, name in [
+        (gd.backbone, "detector: Swin-T backbone"),
+        (gd.text_backbone, "detector: BERT text encoder"),
+        (gd.encoder, "detector: fusion encoder (deformable + text cross-attention)"),
+        (gd.decoder, "detector: decoder"),
+        (sam.model.vision_encoder, "SAM 2.1: image encoder"),
+        (sam.model.prompt_encoder, "SAM 2.1: prompt encoder + mask decoder"),
+        (sam.model.mask_decoder, "SAM 2.1: prompt encoder + mask decoder"),
+    ]:
+        timer.module(module, name)
+    timer.method(det.processor.image_processor, "preprocess", "detector: preprocessing")
+    timer.method(sam.processor.image_processor, "preprocess", "SAM 2.1: preprocessing")
+    timer.method(sam.processor, "post_process_masks", "SAM 2.1: mask upsampling to the image")
+    timer.method(pycocotools.mask, "encode", "RLE encoding (pycocotools)")
+    ts.max_detections = 1  # one phrase, one box: the plain script's work
+    prompt = PHRASES[0]
+    ts.segment(image, prompt)  # warm-up
+    timer.seconds.clear()
+    total = 0.0
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        result = ts.segment(image, prompt)
+        detector = result.timings["detector"]
+        for fmt, name in [("overlay", "overlay PNG"), ("masks", "mask PNG"), ("json", "JSON")]:
+            t1 = time.perf_counter()
+            results.save(result, image, tmp / "profile", "image", (fmt,))
+            timer.add(f"writing: {name}", time.perf_counter() - t1)
+        total += time.perf_counter() - t0
+        named = sum(v for k, v in timer.seconds.items() if k.startswith("detector:"))
+        timer.add("detector: the rest (projections, heads, selection, post-processing)",
+                  detector * (r + 1) - named)  # fmt: skip
+    rows = sorted(timer.seconds.items(), key=lambda kv: -kv[1])
+    rows.append(("the rest (Python, copies, SAM's neck)", total - sum(timer.seconds.values())))
+    print("| stage | s | share |\n|---|---|---|")
+    for name, sec in rows:
+        print(f"| {name} | {sec / repeats:.3f} | {sec / total:.1%} |")
+    print(f"| **whole run, outputs written** | **{total / repeats:.2f}** | 100% |", flush=True)
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as flops:
+        inputs = det.processor.image_processor(images=image, return_tensors="pt")
+        text, _ = det.text_inputs([prompt])
+        det.model(**inputs, **text)
+    det_gf = flops.get_total_flops() / 1e9
+    with torch.inference_mode(), FlopCounterMode(display=False) as flops:
+        sam.set_image(image)
+    sam_gf = flops.get_total_flops() / 1e9
+    ceiling = {(m, k, n): matmul_gflops(m, k, n) for m, k, n in
+               [(13328, 256, 2048), (13328, 2048, 256), (16384, 96, 384)]}  # fmt: skip
+    print(f"\nFLOPs: detector {det_gf:.0f} GFLOPs, SAM 2.1 image encoder {sam_gf:.0f} GFLOPs")
+    for (m, k, n), g in ceiling.items():
+        print(f"fp32 matmul ({m}, {k}) @ ({k}, {n}): {g:.0f} GFLOP/s")
+    best = max(ceiling.values())
+    print(f"at {best:.0f} GFLOP/s those FLOPs alone take {(det_gf + sam_gf) / best:.2f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,6 +258,7 @@ def main() -> None:
     p.add_argument("--size", default="1024x768")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--folder", type=int, metavar="N", help="time a folder run of N images")
+    p.add_argument("--profile", action="store_true", help="time each stage of one image's run")
     p.add_argument("--detector", help="a saved detector folder (default: build full size)")
     p.add_argument("--segmenter", help="a saved segmenter folder (default: build full size)")
     args = p.parse_args()
@@ -160,6 +280,8 @@ def main() -> None:
         ts = TextSegmenter.from_pretrained(
             str(det), str(seg), device="cpu", box_threshold=0.0, text_threshold=0.0
         )
+        if args.profile:
+            return profile(ts, image, args.repeats, Path(tmp))
         if args.folder:
             ts.max_detections = len(PHRASES)  # a few objects per image, as in a photo
             return folder_speed(ts, image, args.folder, args.repeats, Path(tmp))

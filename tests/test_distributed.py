@@ -22,9 +22,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # over ranks instead of over one batch): measured equal to 6 decimals; allowed 1e-4.
 PLAIN = dict(crop_padding=0, flip=False, loader="device", workers=0)
 TOLERANCE = 1e-4
+# The linear tokenizer: the conv one's BatchNorm statistics would be per rank (DDP does not
+# sync them), so two processes would not follow one process's curve.
 FLAGS = ["--preset", "quick", "--dataset", "shapes", "--train-subset", "384", "--test-subset",
          "100", "--epochs", "2", "--batch-size", "48", "--dim", "32", "--depth", "2", "--heads",
-         "2", "--mlp-dim", "64", "--patch-size", "4", "--dropout", "0", "--lr", "1e-3", "--warmup-epochs", "0.5",
+         "2", "--mlp-dim", "64", "--patch-size", "4", "--tokenizer", "patch", "--dropout", "0", "--lr", "1e-3", "--warmup-epochs", "0.5",
          "--crop-padding", "0", "--no-flip", "--loader", "device", "--device", "cpu",
          "--precision", "fp32", "--quiet"]  # fmt: skip
 

@@ -119,6 +119,12 @@ def test_fast_preset_is_the_conv_tokenizer_model_it_documents():
     assert round(flops.get_total_flops() / 1e6) == 47  # MFLOPs per image, forward
 
 
+def test_quick_preset_is_the_conv_tokenizer_model_it_documents():
+    model = ViT(preset("quick").model)
+    assert preset("quick").model.tokenizer == "conv"
+    assert count_parameters(model) == 627_242  # as the preset's docstring says
+
+
 @pytest.mark.parametrize("patch", [1, 6])
 def test_conv_tokenizer_needs_a_power_of_two_patch(patch):
     with pytest.raises(VitsamError, match="power of two"):
