@@ -187,7 +187,9 @@ def _timed(fn) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tiny", action="store_true", help="the tests' tiny models (checks the script)")
     p.add_argument("--size", default="1024x768", help="image and video frame size")
     p.add_argument("--repeats", type=int, default=2, help="per image: best of this many")
@@ -208,11 +210,15 @@ def main() -> None:
         if args.part in ("speed", "both"):
             print("| per image | size | best s |\n|---|---|---|")
             print("\n".join(per_image(models, image, args.repeats)), flush=True)
-            print("\n| per video frame | first frame s | then s/frame | frames |\n|---|---|---|---|")
+            print(
+                "\n| per video frame | first frame s | then s/frame | frames |\n|---|---|---|---|"
+            )
             print("\n".join(per_frame(models, clip, args.frames, args.redetect)), flush=True)
         if args.part == "speed":
             return
-        print("\n| long clip | frames | RSS before MB | peak RSS MB | RSS growth at each quarter MB |")
+        print(
+            "\n| long clip | frames | RSS before MB | peak RSS MB | RSS growth at each quarter MB |"
+        )
         print("|---|---|---|---|---|")
         print("\n".join(long_clip(models, clip, args.long_frames, args.redetect)), flush=True)
 

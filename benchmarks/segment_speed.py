@@ -214,19 +214,19 @@ def profile(ts, image: Image.Image, repeats: int, tmp: Path) -> None:
     prompt = PHRASES[0]
     ts.segment(image, prompt)  # warm-up
     timer.seconds.clear()
-    total = 0.0
-    for r in range(repeats):
+    total = detector = 0.0
+    for _ in range(repeats):
         t0 = time.perf_counter()
         result = ts.segment(image, prompt)
-        detector = result.timings["detector"]
+        detector += result.timings["detector"]
         for fmt, name in [("overlay", "overlay PNG"), ("masks", "mask PNG"), ("json", "JSON")]:
             t1 = time.perf_counter()
             results.save(result, image, tmp / "profile", "image", (fmt,))
             timer.add(f"writing: {name}", time.perf_counter() - t1)
         total += time.perf_counter() - t0
-        named = sum(v for k, v in timer.seconds.items() if k.startswith("detector:"))
-        timer.add("detector: the rest (projections, heads, selection, post-processing)",
-                  detector * (r + 1) - named)  # fmt: skip
+    named = sum(v for k, v in timer.seconds.items() if k.startswith("detector:"))
+    timer.add("detector: the rest (projections, heads, selection, post-processing)",
+              detector - named)  # fmt: skip
     rows = sorted(timer.seconds.items(), key=lambda kv: -kv[1])
     rows.append(("the rest (Python, copies, SAM's neck)", total - sum(timer.seconds.values())))
     print("| stage | s | share |\n|---|---|---|")
