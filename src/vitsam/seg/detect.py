@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vitsam.errors import VitsamError
+from vitsam.seg.deformable import use_gather_attention
 from vitsam.seg.precision import Fp32Fallback
 from vitsam.seg.registry import DETECTORS, resolve, with_hub_errors
 from vitsam.seg.results import Detection
@@ -137,6 +138,10 @@ class GroundingDino(Detector):
 
     kind = "grounding-dino"
 
+    def __init__(self, name: str, model, processor, device: torch.device, dtype: torch.dtype):
+        super().__init__(name, model, processor, device, dtype)
+        use_gather_attention(self.model)  # fp32 CPU: deformable attention as one gather
+
     @staticmethod
     def model_class():
         from transformers import AutoModelForZeroShotObjectDetection
@@ -234,9 +239,11 @@ class ClipSeg(Detector):
     def detect(self, image, phrases, box_threshold, text_threshold):
         self.tokens(phrases)
         logits = self.run_finite(
-            lambda: self.model(
-                **self._inputs(text=phrases, images=[image] * len(phrases), padding=True)
-            ).logits,
+            lambda: (
+                self.model(
+                    **self._inputs(text=phrases, images=[image] * len(phrases), padding=True)
+                ).logits
+            ),
             lambda t: (t,),
         ).float()
         heat = logits.view(len(phrases), *logits.shape[-2:]).sigmoid().cpu().numpy()  # (P, h, w)
