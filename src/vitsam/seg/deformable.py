@@ -59,6 +59,7 @@ def ms_deform_attn(
         cx, cy = x0 + dx, y0 + dy
         inside = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
         weights.append(cw * attention_weights * inside)  # a product, not a where: NaN stays NaN
+        # whole numbers held in floats: exact while a level has under 2^24 positions
         row = torch.minimum(cy.clamp(min=0), h - 1) * w + torch.minimum(cx.clamp(min=0), w - 1)
         indices.append(base + row.nan_to_num(0).long())
     k = levels * points * 4
