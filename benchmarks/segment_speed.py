@@ -175,22 +175,12 @@ class StageTimer:
         setattr(owner, attr, timed)
 
 
-def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype = torch.float32) -> float:
-    """GFLOP/s of an (m, k) @ (k, n) matmul on this CPU, best of 5."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    best = float("inf")
-    for _ in range(6):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * m * k * n / best / 1e9
-
-
 def profile(ts, image: Image.Image, repeats: int, tmp: Path) -> None:
     """Each stage's seconds (mean of `repeats` runs after a warm-up) and share of the run."""
     import pycocotools.mask
     from torch.utils.flop_counter import FlopCounterMode
 
+    from vitsam.devices import matmul_gflops
     from vitsam.seg import results
 
     det, sam = ts.detector, ts.segmenter
@@ -242,7 +232,7 @@ def profile(ts, image: Image.Image, repeats: int, tmp: Path) -> None:
     with torch.inference_mode(), FlopCounterMode(display=False) as flops:
         sam.set_image(image)
     sam_gf = flops.get_total_flops() / 1e9
-    ceiling = {(m, k, n): matmul_gflops(m, k, n) for m, k, n in
+    ceiling = {(m, k, n): matmul_gflops(torch.float32, m, k, n, seconds=0.6) for m, k, n in
                [(13328, 256, 2048), (13328, 2048, 256), (16384, 96, 384)]}  # fmt: skip
     print(f"\nFLOPs: detector {det_gf:.0f} GFLOPs, SAM 2.1 image encoder {sam_gf:.0f} GFLOPs")
     for (m, k, n), g in ceiling.items():

@@ -26,10 +26,15 @@ def inputs(batch=2, queries=50, heads=4, dim=8, points=3, dtype=torch.float32):
     return value, loc, attn
 
 
-def reference(value, loc, attn):
+def level_args() -> tuple[torch.Tensor, list, torch.Tensor]:
+    """The module's level arguments: shapes as a tensor and a list, each level's start."""
     shapes = torch.tensor(SHAPES)
     starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
-    return MultiScaleDeformableAttention()(value, shapes, SHAPES, starts, loc, attn, 64)
+    return shapes, SHAPES, starts
+
+
+def reference(value, loc, attn):
+    return MultiScaleDeformableAttention()(value, *level_args(), loc, attn, 64)
 
 
 def test_gather_equals_transformers_grid_sample_path():
@@ -78,8 +83,6 @@ def test_grounding_dino_routes_its_deformable_attention_and_keeps_its_outputs(de
 def test_other_dtypes_keep_transformers_path(detector):
     module = next(m for m in detector.model.modules() if hasattr(m, "_vitsam_forward"))
     value, loc, attn = inputs(dtype=torch.float64)
-    shapes = torch.tensor(SHAPES)
-    starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
-    out = module(value, shapes, SHAPES, starts, loc, attn, 64)
+    out = module(value, *level_args(), loc, attn, 64)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, reference(value, loc, attn))
