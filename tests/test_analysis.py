@@ -117,6 +117,21 @@ def test_sweep_flags_and_bad_fields(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["patch_size=2", "patch_size=4"]
 
 
+def test_sweep_preset_flag_wins_over_the_specs(tmp_path, monkeypatch, capsys):
+    from vitsam.vit import analysis
+
+    specs = []
+    monkeypatch.setattr(analysis, "sweep", lambda spec, out, progress: specs.append(spec) or [])
+    spec = tmp_path / "s.toml"
+    spec.write_text('preset = "quick"\n[grid]\ndepth = [2, 4]\n')
+    assert main(["sweep", str(spec), "--preset", "fast", "--out", str(tmp_path / "o")]) == 0
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 0
+    assert main(["sweep", "--grid", "depth=2", "--out", str(tmp_path / "o")]) == 0
+    assert [s.preset for s in specs] == ["fast", "quick", "quick"]
+    assert [cfg.model.tokenizer for _, cfg, _ in specs[0].runs()] == ["conv", "conv"]
+    assert [cfg.epochs for _, cfg, _ in specs[0].runs()] != [6, 6]  # not the quick preset's
+
+
 def test_attention_command_draws_maps(tmp_path, capsys):
     from tests.conftest import tiny_config
 

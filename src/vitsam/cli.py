@@ -184,7 +184,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from vitsam.vit.analysis import SweepSpec, parse_grid_flags, sweep
 
-    spec = SweepSpec.load(args.spec) if args.spec else SweepSpec(preset=args.preset)
+    spec = SweepSpec.load(args.spec) if args.spec else SweepSpec()
+    if args.preset:  # the command line wins over the spec's own preset
+        spec.preset = args.preset
     spec.grid.update(parse_grid_flags(args.grid or []))
     spec.base.update({k: v[0] for k, v in parse_grid_flags(args.set or []).items()})
     if args.list:
@@ -641,7 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", help="TOML, YAML or JSON file: preset, base, grid, variants")
     p.add_argument("--out", default="runs/sweep", help="sweep directory (one run directory each)")
     p.add_argument(
-        "--preset", default="quick", help="recipe every run starts from (without a spec)"
+        "--preset",
+        choices=list(PRESETS),
+        help="recipe every run starts from (default: the spec's preset, else quick)",
     )
     p.add_argument(
         "--grid", action="append", metavar="FIELD=V1,V2", help="vary a field (repeatable)"
