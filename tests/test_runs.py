@@ -175,3 +175,21 @@ def test_negative_time_budget_is_refused():
 def test_epochs_that_fit_what_is_left_of_the_budget():
     assert training.epochs_that_fit(100, 40, 10, margin=0.0) == 6
     assert training.epochs_that_fit(100, 95, 10) == 0  # none: the run ends now
+
+
+def test_a_budgeted_run_refits_its_length_to_the_first_epoch_while_in_warmup(tmp_path):
+    # 60 s budget, 10 s gone, epochs of 5 s: 1 + (60 * 0.97 - 10) // 5 = 10 epochs fit
+    cfg = tiny_config(tmp_path, epochs=3, time_budget=1.0, warmup_epochs=1)
+    trainer = training.Trainer(cfg)
+    trainer.out.mkdir()  # as run() does
+    trainer.epoch, trainer.sched.last_epoch = 1, trainer.warmup_steps()
+    trainer.started = training.time.perf_counter() - 10
+    trainer._keep_time_budget(5.0)
+    assert cfg.epochs == 10  # grown: no learning rate so far depended on the length
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 10
+    trainer.sched.last_epoch += 1  # the decay has begun: the run may only shrink now
+    cfg.epochs = 3
+    trainer._keep_time_budget(5.0)
+    assert cfg.epochs == 3
+    trainer._keep_time_budget(25.0)  # slower than timed: 1 + 48.2 // 25 = 2
+    assert cfg.epochs == 2

@@ -216,23 +216,31 @@ class Trainer:
         self._cap_warmup()
 
     def _keep_time_budget(self, epoch_s: float) -> None:
-        """After an epoch of a budgeted run: when epochs now run slower than timed (the
-        machine got busier), shorten the run so it still ends within the budget. The
-        learning-rate schedule follows the new length from the next step (a linear decay
-        then drops to the new line); a run is never lengthened."""
+        """After an epoch of a budgeted run, fit its length to the epochs' measured time.
+
+        While the schedule has not left its warmup (whose learning rates do not depend on
+        the run's length: `lr_factor`), the run may grow as well as shrink, so the first
+        whole epoch's time replaces the estimate from a few dozen steps (which ran about 9%
+        high on a 2-core CPU and left a 30-minute budget ending near 25: docs/BENCHMARKS.md).
+        After that a run is only shortened, when its epochs run slower than timed (the
+        machine got busier); the schedule follows the new length from the next step (a
+        linear decay then drops to the new line).
+        """
         cfg = self.cfg
         (total,) = distributed.all_reduce_sum(self.dist, torch.tensor(epoch_s, device=self.device))
         epoch_s = total.item() / self.dist.world  # the ranks' mean: all decide alike
         elapsed = self.wall_before + time.perf_counter() - self.started
         fits = self.epoch + epochs_that_fit(cfg.time_budget * 60, elapsed, epoch_s)
-        if fits >= cfg.epochs:
+        in_warmup = self.sched.last_epoch <= self.warmup_steps()
+        if fits == cfg.epochs or (fits > cfg.epochs and not in_warmup):
             return
         if self.dist.is_main:
             log.warning(
-                "time budget %g min: epochs take %.1f s, slower than timed; the run now ends "
+                "time budget %g min: epochs take %.1f s, %s than timed; the run now ends "
                 "after %d epochs instead of %d",
                 cfg.time_budget,
                 epoch_s,
+                "faster" if fits > cfg.epochs else "slower",
                 fits,
                 cfg.epochs,
             )
@@ -267,9 +275,13 @@ class Trainer:
     def lr_factor(self, step: int) -> float:
         """The schedule for cfg.epochs (read at every step, so extending a run rebuilds it)."""
         cfg = self.cfg
-        warmup = max(1, round(self.steps_per_epoch * cfg.warmup_epochs))
         ratio = cfg.min_lr / cfg.lr if cfg.lr else 0.0
-        return lr_factor(step, warmup, self.steps_per_epoch * cfg.epochs, ratio, cfg.schedule)
+        total = self.steps_per_epoch * cfg.epochs
+        return lr_factor(step, self.warmup_steps(), total, ratio, cfg.schedule)
+
+    def warmup_steps(self) -> int:
+        """Steps of linear warmup: cfg.warmup_epochs of this run's epochs, at least one."""
+        return max(1, round(self.steps_per_epoch * self.cfg.warmup_epochs))
 
     def _loader(self):
         kind, d = self.cfg.loader, self.dist
