@@ -117,7 +117,7 @@ def test_sweep_flags_and_bad_fields(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["patch_size=2", "patch_size=4"]
 
 
-def test_sweep_preset_flag_wins_over_the_specs(tmp_path, monkeypatch, capsys):
+def test_sweep_preset_flag_wins_over_the_specs(tmp_path, monkeypatch):
     from vitsam.vit import analysis
 
     specs = []
