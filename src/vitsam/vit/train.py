@@ -220,8 +220,10 @@ class Trainer:
 
         While the schedule has not left its warmup (whose learning rates do not depend on
         the run's length: `lr_factor`), the run may grow as well as shrink, so the first
-        whole epoch's time replaces the estimate from a few dozen steps (which ran about 9%
-        high on a 2-core CPU and left a 30-minute budget ending near 25: docs/BENCHMARKS.md).
+        whole epoch's time replaces the estimate from a few dozen steps. That epoch carries
+        the warm-up steps and the timed evaluations and reads 5-10% slower than the later
+        ones (docs/BENCHMARKS.md), so on a steady machine it shrinks a run more often than
+        it grows one; reading the pace after the calibration instead is not built yet.
         After that a run is only shortened, when its epochs run slower than timed (the
         machine got busier); the schedule follows the new length from the next step (a
         linear decay then drops to the new line).
