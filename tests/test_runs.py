@@ -193,3 +193,17 @@ def test_a_budgeted_run_refits_its_length_to_the_first_epoch_while_in_warmup(tmp
     assert cfg.epochs == 3
     trainer._keep_time_budget(25.0)  # slower than timed: 1 + 48.2 // 25 = 2
     assert cfg.epochs == 2
+
+
+def test_the_fitting_epoch_is_read_at_its_pace_after_the_fit(tmp_path):
+    trainer = training.Trainer(tiny_config(tmp_path, time_budget=1.0))
+    per_epoch, now = trainer.steps_per_epoch, training.time.perf_counter()
+    assert trainer._train_seconds(9.0, now) == 9.0  # no fit in this epoch: as measured
+    # fitted after 10 steps; the other steps took 0.1 s each: the epoch reads as
+    # steps_per_epoch of those, not its measured 9 s (slow warm-up steps and timed evals)
+    steps = training.CALIBRATION_STEPS
+    trainer.sched.last_epoch = 10 + steps
+    trainer.steady_from = (now - 0.1 * steps, 10)
+    assert trainer._train_seconds(9.0, now) == pytest.approx(0.1 * per_epoch)
+    trainer.steady_from = (now - 0.1, 10 + steps - 1)  # one step after the fit: too few
+    assert trainer._train_seconds(9.0, now) == 9.0

@@ -157,6 +157,8 @@ class Trainer:
         self.history: list[dict] = []
         self.wall_before = 0.0  # wall seconds of the run before a resume
         self.fitted = False  # epochs fitted to cfg.time_budget in this process
+        # (perf_counter, steps taken) when the budget was fitted: the first epoch's pace after it
+        self.steady_from: tuple[float, int] | None = None
 
     def _cap_warmup(self) -> None:
         cfg = self.cfg
@@ -215,15 +217,31 @@ class Trainer:
             self._write_config()
         self._cap_warmup()
 
+    def _train_seconds(self, seconds: float, ended: float) -> float:
+        """An epoch's training seconds as later epochs will take them.
+
+        `seconds` is the epoch as measured and `ended` its perf_counter at the end. In the
+        epoch that fitted the time budget, the steps before the fit (warm-up and timed steps)
+        and the fit's own evaluations read 5-10% slow (docs/BENCHMARKS.md, session 6), so the
+        pace of the steps after the fit stands for the whole epoch when at least
+        CALIBRATION_STEPS of them ran; otherwise `seconds` as it is.
+        """
+        if self.steady_from is None:
+            return seconds
+        started, steps_before = self.steady_from
+        steps = self.sched.last_epoch - steps_before
+        if steps < CALIBRATION_STEPS:
+            return seconds
+        return (ended - started) / steps * self.steps_per_epoch
+
     def _keep_time_budget(self, epoch_s: float) -> None:
         """After an epoch of a budgeted run, fit its length to the epochs' measured time.
 
         While the schedule has not left its warmup (whose learning rates do not depend on
         the run's length: `lr_factor`), the run may grow as well as shrink, so the first
-        whole epoch's time replaces the estimate from a few dozen steps. That epoch carries
-        the warm-up steps and the timed evaluations and reads 5-10% slower than the later
-        ones (docs/BENCHMARKS.md), so on a steady machine it shrinks a run more often than
-        it grows one; reading the pace after the calibration instead is not built yet.
+        whole epoch's time replaces the estimate from a few dozen steps; for that epoch the
+        caller passes the pace of its steps after the fit (`_train_seconds`), since its
+        warm-up steps and timed evaluations make it read 5-10% slower than the later ones.
         After that a run is only shortened, when its epochs run slower than timed (the
         machine got busier); the schedule follows the new length from the next step (a
         linear decay then drops to the new line).
@@ -436,6 +454,7 @@ class Trainer:
                 self._fit_time_budget(
                     self.sched.last_epoch, (time.perf_counter() - tc) / calibration_steps
                 )
+                self.steady_from = (time.perf_counter(), self.sched.last_epoch)
                 calibrate = False
                 if progress:
                     bar.set_description(f"epoch {self.epoch + 1}/{cfg.epochs}")
@@ -568,7 +587,8 @@ class Trainer:
                     row["images_per_second"],
                 )
             if self.fitted and self.epoch < cfg.epochs:
-                self._keep_time_budget(row["epoch_seconds"] + row["eval_seconds"])
+                self._keep_time_budget(self._train_seconds(seconds, t1) + row["eval_seconds"])
+            self.steady_from = None
             distributed.barrier(self.dist)  # the other ranks wait for the checkpoint
             if on_epoch_end is not None:
                 on_epoch_end(row)
