@@ -5,7 +5,14 @@ import torch
 
 from vitsam.cli import main
 from vitsam.vit import train as training
-from vitsam.vit.analysis import SweepSpec, attention_maps, flops_per_image, parse_grid_flags, sweep
+from vitsam.vit.analysis import (
+    SweepSpec,
+    attention_maps,
+    flops_per_image,
+    parse_grid_flags,
+    run_state,
+    sweep,
+)
 from vitsam.vit.config import ModelConfig
 from vitsam.vit.model import ViT
 
@@ -101,6 +108,22 @@ def test_sweep_expands_runs_skips_finished_and_resumes_partial(tmp_path, monkeyp
 
     sweep(spec, out)  # everything finished: nothing is trained again
     assert calls == {"train": 1, "resume": 1}
+
+
+def test_a_budgeted_sweep_run_is_done_at_the_length_it_fixed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").touch()
+    (run / "metrics.jsonl").write_text("{}\n" * 13)
+    # --time-budget fitted 13 of the spec's 22 epochs on this machine: done, not resumable
+    (run / "config.json").write_text('{"epochs": 13, "time_budget": 30}')
+    assert run_state(run, 22) == "done"
+    (run / "metrics.jsonl").write_text("{}\n" * 12)
+    assert run_state(run, 22) == "partial"
+    # without a budget the spec's length stands (a spec asking for more extends the run)
+    (run / "metrics.jsonl").write_text("{}\n" * 13)
+    (run / "config.json").write_text('{"epochs": 13, "time_budget": 0}')
+    assert run_state(run, 22) == "partial"
 
 
 def test_sweep_flags_and_bad_fields(tmp_path, capsys):

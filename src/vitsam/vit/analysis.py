@@ -172,10 +172,19 @@ class SweepSpec:
 
 
 def run_state(run_dir: Path, epochs: int) -> str:
-    """'done', 'partial' (resumable) or 'new'."""
+    """'done', 'partial' (resumable) or 'new'.
+
+    `epochs` is the spec's; a run that wrote its own length (a --time-budget run fixes its
+    epochs on the machine at hand and records them in config.json) is done at that length.
+    """
     metrics = run_dir / "metrics.jsonl"
     if not (run_dir / "last.pt").exists():
         return "new"
+    saved = run_dir / "config.json"
+    if saved.exists():
+        recorded = json.loads(saved.read_text())
+        if recorded.get("time_budget"):
+            epochs = recorded["epochs"]
     done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     return "done" if done >= epochs else "partial"
 
