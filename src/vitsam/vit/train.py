@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ class Trainer:
         self.fitted = False  # epochs fitted to cfg.time_budget in this process
         # (perf_counter, steps taken) when the budget was fitted: the first epoch's pace after it
         self.steady_from: tuple[float, int] | None = None
+        self.epoch_paces: list[float] = []  # the budget checks' epoch seconds, in order
 
     def _cap_warmup(self) -> None:
         cfg = self.cfg
@@ -244,11 +246,14 @@ class Trainer:
         warm-up steps and timed evaluations make it read 5-10% slower than the later ones.
         After that a run is only shortened, when its epochs run slower than timed (the
         machine got busier); the schedule follows the new length from the next step (a
-        linear decay then drops to the new line).
+        linear decay then drops to the new line). The pace is the median of the last three
+        epochs' (fewer at first): one epoch 10% slow, which this VM shows now and then
+        (docs/BENCHMARKS.md), no longer cuts a run; a slowdown that lasts two epochs does.
         """
         cfg = self.cfg
         (total,) = distributed.all_reduce_sum(self.dist, torch.tensor(epoch_s, device=self.device))
-        epoch_s = total.item() / self.dist.world  # the ranks' mean: all decide alike
+        self.epoch_paces.append(total.item() / self.dist.world)  # the ranks' mean: all alike
+        epoch_s = statistics.median(self.epoch_paces[-3:])
         elapsed = self.wall_before + time.perf_counter() - self.started
         fits = self.epoch + epochs_that_fit(cfg.time_budget * 60, elapsed, epoch_s)
         in_warmup = self.sched.last_epoch <= self.warmup_steps()
