@@ -61,7 +61,7 @@ def ms_deform_attn(
         weights.append(cw * attention_weights * inside)  # a product, not a where: NaN stays NaN
         # whole numbers held in floats: exact while a level has under 2^24 positions
         row = torch.minimum(cy.clamp(min=0), h - 1) * w + torch.minimum(cx.clamp(min=0), w - 1)
-        indices.append(base + row.nan_to_num(0).long())
+        indices.append(base + row.masked_fill(row.isnan(), 0).long())
     k = levels * points * 4
     out = nn.functional.embedding_bag(
         torch.stack(indices, -1).view(-1, k),  # (B * Q * heads, k) bags
