@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from segment_speed import build_models, plain_models, plain_script
+from segment_speed import load_models, plain_models, plain_script
 
 TEXT_INPUTS = ["text_self_attention_masks", "position_ids"]
 DETECTOR_INPUTS = ["pixel_values", "pixel_mask", "input_ids", "token_type_ids", "attention_mask"]
@@ -146,26 +146,20 @@ def main() -> None:
     p.add_argument("--detector", help="a saved detector folder (default: build full size)")
     p.add_argument("--segmenter", help="a saved segmenter folder (default: build full size)")
     args = p.parse_args()
+    if bool(args.detector) != bool(args.segmenter):
+        p.error("--detector and --segmenter go together")
     try:
         import openvino as ov
     except ImportError:
         raise SystemExit("this benchmark needs OpenVINO: pip install openvino") from None
     import transformers.models.grounding_dino.modeling_grounding_dino as gd
 
-    from vitsam.seg import TextSegmenter
-
     w, h = map(int, args.size.split("x"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
     print(f"CPU, torch {torch.__version__}, OpenVINO {ov.__version__}, {torch.get_num_threads()} "
           f"threads, image {w}x{h}, fp32, best of {args.repeats}\n")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        if args.detector and args.segmenter:
-            det, seg = Path(args.detector), Path(args.segmenter)
-        else:
-            det, seg = build_models(Path(tmp))
-        ts = TextSegmenter.from_pretrained(
-            str(det), str(seg), device="cpu", box_threshold=0.0, text_threshold=0.0
-        )
+        ts, det, seg = load_models(args.detector, args.segmenter, Path(tmp))
         ts.max_detections = 1
         pipeline, result = best_of(args.repeats, lambda: ts.segment(image, "cat"))
         detector, sam = ts.detector, ts.segmenter

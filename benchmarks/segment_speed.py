@@ -75,6 +75,18 @@ def build_models(folder: Path) -> tuple[Path, Path]:
     return det, seg
 
 
+def load_models(detector: str | None, segmenter: str | None, tmp: Path):
+    """(vitsam TextSegmenter on the CPU with both thresholds at 0, detector folder, segmenter
+    folder): the saved folders given, else the full-size models built into `tmp`."""
+    from vitsam.seg import TextSegmenter
+
+    det, seg = (Path(detector), Path(segmenter)) if detector else build_models(tmp)
+    ts = TextSegmenter.from_pretrained(
+        str(det), str(seg), device="cpu", box_threshold=0.0, text_threshold=0.0
+    )
+    return ts, det, seg
+
+
 def plain_models(det: Path, seg: Path):
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, Sam2Model
 
@@ -271,20 +283,12 @@ def main() -> None:
         p.error("--detector and --segmenter go together")
     w, h = map(int, args.size.split("x"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
-    from vitsam.seg import TextSegmenter
-
     print(
         f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, image {w}x{h}, "
         f"best of {args.repeats}\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        if args.detector and args.segmenter:
-            det, seg = Path(args.detector), Path(args.segmenter)
-        else:
-            det, seg = build_models(Path(tmp))
-        ts = TextSegmenter.from_pretrained(
-            str(det), str(seg), device="cpu", box_threshold=0.0, text_threshold=0.0
-        )
+        ts, det, seg = load_models(args.detector, args.segmenter, Path(tmp))
         if args.profile:
             return profile(ts, image, args.repeats, Path(tmp))
         if args.folder:
