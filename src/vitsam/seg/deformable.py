@@ -61,6 +61,7 @@ def ms_deform_attn(
         weights.append(cw * attention_weights * inside)  # a product, not a where: NaN stays NaN
         # whole numbers held in floats: exact while a level has under 2^24 positions
         row = torch.minimum(cy.clamp(min=0), h - 1) * w + torch.minimum(cx.clamp(min=0), w - 1)
+        # a NaN location reads row 0 (its weight is NaN); masked_fill, as OpenVINO converts it
         indices.append(base + row.masked_fill(row.isnan(), 0).long())
     k = levels * points * 4
     out = nn.functional.embedding_bag(
