@@ -40,21 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from segment_speed import load_models, plain_models, plain_script
+from segment_speed import best_of, load_models, plain_models, plain_script
 
 TEXT_INPUTS = ["text_self_attention_masks", "position_ids"]
 DETECTOR_INPUTS = ["pixel_values", "pixel_mask", "input_ids", "token_type_ids", "attention_mask"]
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-
-
-def best_of(repeats: int, fn):
-    """(fastest seconds, result of the last call)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
 
 
 class DetectorGraph(torch.nn.Module):

@@ -75,6 +75,18 @@ def build_models(folder: Path) -> tuple[Path, Path]:
     return det, seg
 
 
+def best_of(repeats: int, fn, *args):
+    """(fastest seconds, result of that call) over `repeats` calls of `fn(*args)`."""
+    best = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        seconds = time.perf_counter() - t0
+        if best is None or seconds < best[0]:
+            best = (seconds, result)
+    return best
+
+
 def load_models(detector: str | None, segmenter: str | None, tmp: Path):
     """(vitsam TextSegmenter on the CPU with both thresholds at 0, detector folder, segmenter
     folder): the saved folders given, else the full-size models built into `tmp`."""
@@ -299,15 +311,8 @@ def main() -> None:
         totals, tops = {}, {}
         for k in (1, 5):
             ts.max_detections = k  # one box per phrase, as in the plain script
-            best = None
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                r = ts.segment(image, ". ".join(PHRASES[:k]))
-                total = time.perf_counter() - t0
-                if best is None or total < best[0]:
-                    best = (total, r.timings)
-            total, tm = best
-            totals[k], tops[k] = total, r
+            total, r = best_of(args.repeats, ts.segment, image, ". ".join(PHRASES[:k]))
+            totals[k], tops[k], tm = total, r, r.timings
             print(
                 f"| vitsam TextSegmenter | {k} | {tm['detector']:.2f} | {tm['image_encoder']:.2f} | "
                 f"{tm['mask_decoder']:.2f} | {total:.2f} |",
@@ -315,15 +320,8 @@ def main() -> None:
             )
         models = plain_models(det, seg)
         plain = {}
-        for k in (1, 5):
-            best = None
-            for _ in range(args.repeats):  # best of the same number of tries as vitsam's
-                t0 = time.perf_counter()
-                tm, found = plain_script(models, image, PHRASES[:k])
-                total = time.perf_counter() - t0
-                if best is None or total < best[0]:
-                    best = (total, tm)
-            total, tm = best
+        for k in (1, 5):  # best of the same number of tries as vitsam's
+            total, (tm, found) = best_of(args.repeats, plain_script, models, image, PHRASES[:k])
             plain[k] = total
             if k == 1:
                 px, iou = agreement(tops[1], found)
