@@ -506,13 +506,18 @@ def test_a_phrase_of_unknown_tokens_only_is_a_warning(models, caplog):
 # --- precision: non-finite outputs never pass silently ----------------------------------
 
 
+def running_dtype() -> torch.dtype:
+    """The dtype a model runs in on the CPU: autocast's, or fp32 without it."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+
+
 def nan_when(model, dtypes, field):
-    """Patch `model.forward` so its output `field` is NaN while the model is in `dtypes`."""
+    """Patch `model.forward` so its output `field` is NaN while the model runs in `dtypes`."""
     real = model.forward
 
     def forward(*args, **kwargs):
         out = real(*args, **kwargs)
-        if next(model.parameters()).dtype in dtypes:
+        if running_dtype() in dtypes:
             out[field] = torch.full_like(out[field], float("nan"))
         return out
 
@@ -546,8 +551,8 @@ def test_segmenter_nan_in_bf16_reruns_in_fp32_with_a_notice(models, caplog):
     encoded = []  # dtypes the image was encoded in (a cheap stand-in for the bf16 encoder)
 
     def embeddings(pixels):
-        encoded.append(pixels.dtype)
-        return torch.zeros((1, 256, 64, 64), dtype=pixels.dtype)
+        encoded.append(running_dtype())
+        return torch.zeros((1, 256, 64, 64), dtype=running_dtype())
 
     sam.model.get_image_embeddings = embeddings
     nan_when(sam.model, {torch.bfloat16}, "pred_masks")

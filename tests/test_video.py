@@ -176,7 +176,7 @@ class FollowTheSquares:
         for obj_idx, obj_id in enumerate(session.obj_ids):
             given = session.mask_inputs_per_obj[obj_idx].get(frame_idx)
             if given is not None:  # a conditioning mask: which square is it on?
-                ys, xs = np.nonzero(given[0, 0].numpy() > 0)
+                ys, xs = np.nonzero(given[0, 0].float().numpy() > 0)  # any dtype the session keeps
                 x, y = xs.mean() * W / given.shape[-1], ys.mean() * H / given.shape[-2]
                 bx1, by1, bx2, by2 = BLUE_BOX
                 self.colour_of[obj_id] = "blue" if bx1 <= x <= bx2 and by1 <= y <= by2 else "red"

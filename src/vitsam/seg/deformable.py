@@ -14,6 +14,13 @@ sample). `torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)`
 exactly that without materialising the samples. Bilinear weights follow `grid_sample`
 with `align_corners=False` and zero padding (pixel x = loc_x * W - 0.5; a corner outside
 the map weighs 0), so the result equals transformers' to float rounding (tested to 1e-5).
+
+In bf16 and fp16 it is also the correct path, not only the faster one: the sample
+positions and bilinear weights are computed in fp32 (in bf16 a position of 130 px has a
+step of 1 px, so every sample would snap to a pixel), and PyTorch's CPU `grid_sample`
+in bf16/fp16 returns garbage (values of 1e25 to 1e38, or NaN) on the strided value maps
+transformers hands it (torch 2.14.1; maps of 16x16 and more, channels-last strides; fp32
+and contiguous inputs are right). That is what made Grounding DINO return NaN in bf16.
 """
 
 from __future__ import annotations
@@ -38,11 +45,14 @@ def ms_deform_attn(
     attention_weights: (B, Q, heads, levels, points).
     Returns (B, Q, heads * D), as transformers' `MultiScaleDeformableAttention.forward`.
     A NaN location gives a NaN output (as `grid_sample` does), so the caller's finite
-    check still sees it.
+    check still sees it. Positions and weights are computed in fp32 (or finer) whatever
+    the inputs' dtype; the weighted sum runs in `value`'s dtype, which is the output's.
     """
     b, s, heads, d = value.shape
     _, q, _, levels, points, _ = sampling_locations.shape
     table = value.transpose(1, 2).reshape(b * heads * s, d)  # row ((b * heads + h) * S + s)
+    geometry = torch.promote_types(sampling_locations.dtype, torch.float32)  # fp32 or finer
+    sampling_locations, attention_weights = sampling_locations.to(geometry), attention_weights.to(geometry)
     dims = torch.tensor(spatial_shapes, device=value.device)  # (levels, 2): H_l, W_l
     h = dims[:, 0].view(levels, 1).to(sampling_locations.dtype)  # broadcasts over points
     w = dims[:, 1].view(levels, 1).to(sampling_locations.dtype)
@@ -83,7 +93,7 @@ def _forward(
     attention_weights: Tensor,
     im2col_step: int,
 ) -> Tensor:
-    if value.device.type != "cpu" or value.dtype != torch.float32:  # measured in fp32 only
+    if value.device.type != "cpu":  # CUDA: transformers' kernel
         return self._vitsam_forward(
             value, value_spatial_shapes, value_spatial_shapes_list, level_start_index,
             sampling_locations, attention_weights, im2col_step,
@@ -95,8 +105,8 @@ def _forward(
 
 def use_gather_attention(model: nn.Module) -> int:
     """Route every transformers `MultiScaleDeformableAttention` module of `model` through
-    `ms_deform_attn` when it runs in fp32 on the CPU (elsewhere the module's own forward,
-    or the CUDA kernel it loads, runs as before). Returns how many modules were routed."""
+    `ms_deform_attn` when it runs on the CPU, in any dtype (on CUDA the module's own
+    forward, or the kernel it loads, runs as before). Returns how many modules were routed."""
     n = 0
     for module in model.modules():
         if type(module).__name__ == "MultiScaleDeformableAttention" and not hasattr(

@@ -54,13 +54,14 @@ def split_prompt(prompt: str) -> list[str]:
 
 
 class Detector(Fp32Fallback):
-    """Base: holds a transformers model and its processor on a device."""
+    """Base: holds a transformers model and its processor on a device; `dtype` is the
+    autocast dtype it runs in (see precision.Mixed)."""
 
     kind = ""
 
     def __init__(self, name: str, model, processor, device: torch.device, dtype: torch.dtype):
-        self.name, self.model, self.processor = name, model.eval().to(device, dtype), processor
-        self.device, self.dtype = device, dtype
+        self.name, self.processor = name, processor
+        self.model = self.place(model, device, dtype)
 
     @staticmethod
     def from_pretrained(
@@ -83,9 +84,9 @@ class Detector(Fp32Fallback):
         return self._on_device(self.processor(return_tensors="pt", **kwargs))
 
     def _on_device(self, inputs) -> dict:
-        """Tensors to the device; floating ones to the model's current dtype."""
+        """Tensors to the device; floating ones in fp32 (autocast casts them where it pays)."""
         return {
-            k: v.to(self.device, self.dtype if v.is_floating_point() else None)
+            k: v.to(self.device, torch.float32 if v.is_floating_point() else None)
             for k, v in inputs.items()
             if isinstance(v, torch.Tensor)
         }
@@ -140,7 +141,7 @@ class GroundingDino(Detector):
 
     def __init__(self, name: str, model, processor, device: torch.device, dtype: torch.dtype):
         super().__init__(name, model, processor, device, dtype)
-        use_gather_attention(self.model)  # fp32 CPU: deformable attention as one gather
+        use_gather_attention(self.model)  # CPU: deformable attention as one gather
 
     @staticmethod
     def model_class():

@@ -24,10 +24,10 @@ class MaskPredictor(Fp32Fallback):
     chunk_pixels = 2**26
 
     def __init__(self, name: str, kind: str, model, processor, device, dtype) -> None:
-        self.name, self.kind = name, kind
-        self.model, self.processor = model.eval().to(device, dtype), processor
-        self.device, self.dtype = device, dtype
+        self.name, self.kind, self.processor = name, kind, processor
+        self.model = self.place(model, device, dtype)  # fp32 weights, `dtype` under autocast
         self._embeddings = None
+        self._embedded_in: torch.dtype | None = None  # the dtype the embeddings ran in
         self._pixels: torch.Tensor | None = None  # the processed image, fp32 on the CPU
         self._size: tuple[int, int] | None = None  # (H, W) of the current image
         self._inputs: dict = {}
@@ -57,13 +57,14 @@ class MaskPredictor(Fp32Fallback):
         inputs = self.processor(images=image, return_tensors="pt")
         self._pixels = inputs["pixel_values"]
         self._embeddings = self.run_finite(self._embed, _tensors)
+        self._embedded_in = self.dtype
         self._size = (image.height, image.width)
         self._inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         self._image = image if self.kind == "sam" else None  # SAM's processor needs it for boxes
 
     def _embed(self):
-        """Image embeddings in the current dtype (a tensor for SAM, a list for SAM 2)."""
-        return self.model.get_image_embeddings(self._pixels.to(self.device, self.dtype))
+        """Image embeddings (a tensor for SAM, a list for SAM 2), in the autocast dtype."""
+        return self.model.get_image_embeddings(self._pixels.to(self.device, torch.float32))
 
     @torch.inference_mode()
     def predict(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,11 +99,11 @@ class MaskPredictor(Fp32Fallback):
             )
 
         def run():
-            if _tensors(self._embeddings)[0].dtype != self.dtype:  # after a switch to fp32
-                self._embeddings = self._embed()
+            if self._embedded_in != self.dtype:  # after a switch to fp32
+                self._embeddings, self._embedded_in = self._embed(), self.dtype
             return self.model(
                 image_embeddings=self._embeddings,
-                input_boxes=prompt["input_boxes"].to(self.device, self.dtype),
+                input_boxes=prompt["input_boxes"].to(self.device, torch.float32),
                 multimask_output=False,
             )
 

@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 from vitsam.errors import VitsamError
+from vitsam.seg.precision import Mixed
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
 from vitsam.seg.results import Detection
 
 MAX_TOKENS = 32  # SAM 3's text encoder context (the processor pads every phrase to it)
 
 
-class Sam3Segmenter:
+class Sam3Segmenter(Mixed):
     """Text-native segmenter: `detect(image, phrases, ...)` returns detections with masks.
 
     It stands in both roles of a TextSegmenter (detector and segmenter), so a pipeline with
@@ -31,8 +32,8 @@ class Sam3Segmenter:
     kind = "sam3"
 
     def __init__(self, name: str, model, processor, device: torch.device, dtype: torch.dtype):
-        self.name, self.model, self.processor = name, model.eval().to(device, dtype), processor
-        self.device, self.dtype = device, dtype
+        self.name, self.processor = name, processor
+        self.model = self.place(model, device, dtype)  # fp32 weights, `dtype` under autocast
         self.mask_threshold = 0.5  # on the mask probability, as transformers' post-processing
 
     @staticmethod
@@ -76,15 +77,18 @@ class Sam3Segmenter:
                 f"phrase {longest!r} is over SAM 3's {MAX_TOKENS} tokens: shorten it"
             )
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
-        vision = self.model.get_vision_features(pixel_values=pixels.to(self.device, self.dtype))
         ids = tokens["input_ids"].to(self.device)
         attention = tokens["attention_mask"].to(self.device)
-        text = self.model.get_text_features(input_ids=ids, attention_mask=attention)
         found = []
-        for i, phrase in enumerate(phrases):  # the decoder per phrase, on shared features
-            one = _slice(text, i)  # text.pooler_output is (P, 32, D): all phrases, one pass
-            out = self.model(vision_embeds=vision, text_embeds=one, attention_mask=attention[i : i + 1])
-            found += self._instances(out, phrase, image, box_threshold)
+        with self.autocast():
+            vision = self.model.get_vision_features(pixel_values=pixels.to(self.device))
+            text = self.model.get_text_features(input_ids=ids, attention_mask=attention)
+            for i, phrase in enumerate(phrases):  # the decoder per phrase, on shared features
+                one = _slice(text, i)  # text.pooler_output is (P, 32, D): all phrases, one pass
+                out = self.model(
+                    vision_embeds=vision, text_embeds=one, attention_mask=attention[i : i + 1]
+                )
+                found += self._instances(out, phrase, image, box_threshold)
         return sorted(found, key=lambda d: -d.score)
 
     def _instances(self, out, phrase: str, image: Image.Image, threshold: float) -> list[Detection]:

@@ -26,6 +26,7 @@ from PIL import Image
 from vitsam.errors import VitsamError
 from vitsam.seg.detect import split_prompt
 from vitsam.seg.pipeline import TextSegmenter, check_boxes
+from vitsam.seg.precision import Mixed
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
 from vitsam.seg.results import Detection
 
@@ -40,13 +41,13 @@ class Track(Detection):
         return {"track_id": self.track_id, **super().to_json()}
 
 
-class Sam3VideoTracker:
+class Sam3VideoTracker(Mixed):
     """SAM 3's video model over streamed frames; phrases are the prompt's, ids SAM 3's + 1."""
 
     def __init__(self, name: str, model, processor, device, dtype, score_threshold: float = 0.0,
                  max_objects: int = 100) -> None:  # fmt: skip
-        self.name, self.model, self.processor = name, model.eval().to(device, dtype), processor
-        self.device, self.dtype, self.score_threshold = device, dtype, score_threshold
+        self.name, self.processor, self.score_threshold = name, processor, score_threshold
+        self.model = self.place(model, device, dtype)  # fp32 weights, `dtype` under autocast
         self.model.max_num_objects = max_objects  # SAM 3 starts no tracks beyond this
         tracker = model.config.tracker_config
         self.window = max(tracker.num_maskmem, tracker.max_object_pointers_in_encoder)
@@ -80,7 +81,7 @@ class Sam3VideoTracker:
         if boxes is not None:
             raise VitsamError(f"{self.name} tracks what a text prompt names; it takes no boxes")
         self._session = self.processor.init_video_session(
-            inference_device=self.device, dtype=self.dtype
+            inference_device=self.device, dtype=torch.float32
         )
         self.processor.add_text_prompt(self._session, split_prompt(prompt))
         self._t = 0
@@ -88,10 +89,10 @@ class Sam3VideoTracker:
     @torch.inference_mode()
     def step(self, image: Image.Image) -> list[Track]:
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
-        with _quiet_transformers():  # it warns on every frame once max_objects is reached
+        with _quiet_transformers(), self.autocast():  # it warns each frame past max_objects
             out = self.model(
                 inference_session=self._session,
-                frame=pixels.to(self.device, self.dtype),
+                frame=pixels.to(self.device, torch.float32),
                 frame_idx=self._t,  # given: trimming empties the frame store it would count
             )
         res = self.processor.postprocess_outputs(
@@ -110,7 +111,7 @@ class Sam3VideoTracker:
         return tracks
 
 
-class DetectTrackSam2:
+class DetectTrackSam2(Mixed):
     """A detector + SAM 2 on key frames, SAM 2's video model in between (Grounded-SAM-2).
 
     `finder` is the image pipeline (detector, thresholds, NMS, caps; SAM 2 image masks);
@@ -121,8 +122,8 @@ class DetectTrackSam2:
 
     def __init__(self, finder: TextSegmenter, model, processor, device, dtype,
                  redetect: int = 20, match_iou: float = 0.5) -> None:  # fmt: skip
-        self.finder, self.model, self.processor = finder, model.eval().to(device, dtype), processor
-        self.device, self.dtype = device, dtype
+        self.finder, self.processor = finder, processor
+        self.model = self.place(model, device, dtype)  # fp32 weights, `dtype` under autocast
         self.redetect, self.match_iou = redetect, match_iou
         self.window = max(model.config.num_maskmem, model.config.max_object_pointers_in_encoder)
         self.max_cond = model.config.max_cond_frame_num
@@ -176,7 +177,7 @@ class DetectTrackSam2:
                 raise VitsamError("no detector loaded: give a prompt and a detector, or boxes")
         self._prompt, self._boxes = prompt, None if boxes is None else check_boxes(boxes)
         self._session = self.processor.init_video_session(
-            inference_device=self.device, dtype=self.dtype
+            inference_device=self.device, dtype=torch.float32
         )
         self._t, self._labels, self._next_id = 0, {}, 1
 
@@ -184,7 +185,7 @@ class DetectTrackSam2:
     def step(self, image: Image.Image) -> list[Track]:
         t = self._t
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
-        pixels = pixels.to(self.device, self.dtype)
+        pixels = pixels.to(self.device, torch.float32)
         masks, objectness = self._propagate(pixels, image) if self._labels else ({}, {})
         key = t == 0 or (self.redetect > 0 and self._boxes is None and t % self.redetect == 0)
         if key:
@@ -208,7 +209,8 @@ class DetectTrackSam2:
 
     def _propagate(self, pixels: torch.Tensor, image: Image.Image):
         """SAM 2's masks on this frame for every tracked id: ({id: (H, W) bool}, {id: p})."""
-        out = self.model(inference_session=self._session, frame=pixels, frame_idx=self._t)
+        with self.autocast():
+            out = self.model(inference_session=self._session, frame=pixels, frame_idx=self._t)
         masks = self.processor.post_process_masks(
             [out.pred_masks.float().cpu()], original_sizes=[[image.height, image.width]]
         )[0][:, 0].numpy()
