@@ -3,11 +3,49 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from vitsam import devices
 from vitsam.vit.config import ModelConfig, TrainConfig
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# Fixtures whose tests run a segmentation model: such a test is marked `models`.
+MODEL_FIXTURES = {"models", "video_models", "trained_run"}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="what --precision auto means on the CPU in this run: the CPU's choice (auto), "
+        "or fp32 / bf16 on any CPU (bf16 is emulated, slowly, where the CPU has no bf16 "
+        "units). Model-running tests are marked `models`: -m models runs only those.",
+    )  # fmt: skip
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "models: runs a model (training steps, a detector, segmenter or tracker)"
+    )
+    chosen = config.getoption("--precision")
+    if chosen != "auto":  # through the environment, so subprocesses (torchrun, Ray) follow
+        os.environ[devices.BF16_ENV] = "1" if chosen == "bf16" else "0"
+        devices.cpu_bf16_support.cache_clear()
+
+
+def pytest_report_header(config):
+    return f"vitsam precision auto on this CPU: {devices.choose_precision('auto', torch.device('cpu'))}"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.models)
+
+
+def run_dtype() -> torch.dtype:
+    """The dtype models run in on the CPU in this test run (what --precision auto gives)."""
+    return devices.choose_precision("auto", torch.device("cpu")).dtype
 
 
 @pytest.fixture
@@ -33,7 +71,7 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
         lr=1e-3,
         warmup_epochs=0.5,
         device="cpu",
-        precision="fp32",
+        precision="auto",  # the run's precision (pytest --precision); numeric tests pin fp32
         out=str(tmp_path / "run"),
     )
     for k, v in overrides.items():

@@ -18,6 +18,7 @@ def cpu(monkeypatch):
     """Fake the CPU: flags, architecture, and matmul speeds (GFLOP/s per dtype)."""
 
     def fake(flags=frozenset(), machine="x86_64", gflops=None):
+        monkeypatch.delenv(devices.BF16_ENV, raising=False)  # pytest --precision sets it
         devices.cpu_bf16_support.cache_clear()
         monkeypatch.setattr(devices, "cpu_flags", lambda: flags)
         monkeypatch.setattr(devices.platform, "machine", lambda: machine)
@@ -105,3 +106,14 @@ def test_segment_fp16_on_the_cpu_says_so_for_segmentation(tmp_path, capsys):
     assert main([*args, "--precision", "fp16", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "fp16 needs a GPU" in err and "training" not in err
+
+
+def test_the_environment_overrides_the_cpus_decision(cpu, monkeypatch):
+    cpu(ZEN3)
+    monkeypatch.setenv(devices.BF16_ENV, "1")
+    p = devices.choose_precision("auto", CPU)
+    assert p.dtype == torch.bfloat16 and "VITSAM_CPU_BF16=1" in p.reason
+    devices.cpu_bf16_support.cache_clear()
+    monkeypatch.setenv(devices.BF16_ENV, "yes")
+    with pytest.raises(VitsamError, match="set it to 1 .bf16. or 0"):
+        devices.choose_precision("auto", CPU)

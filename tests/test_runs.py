@@ -14,6 +14,8 @@ from vitsam.vit import train as training
 from vitsam.vit.config import TrainConfig
 from vitsam.vit.data import load_image_folder
 
+pytestmark = pytest.mark.models  # trains: repeated in the other precision by .ci/run
+
 
 def _rows(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -9,6 +9,8 @@ from vitsam.errors import VitsamError
 from vitsam.vit import train as training
 from vitsam.vit.evaluate import load_classifier
 
+pytestmark = pytest.mark.models  # trains: repeated in the other precision by .ci/run
+
 
 def test_smoke_run_loss_falls_and_writes_outputs(tmp_path):
     cfg = tiny_config(tmp_path, epochs=3, train_subset=1024, lr=2e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import random
 import time
@@ -77,15 +78,27 @@ def matmul_gflops(
     return 2 * m * k * n / best / 1e9
 
 
+# Overrides the CPU's bf16 decision for 'auto': "1" picks bf16, "0" fp32 (for a VM that
+# hides the flags, or to run a test suite in one precision on any CPU: pytest --precision).
+BF16_ENV = "VITSAM_CPU_BF16"
+
+
 @functools.cache
 def cpu_bf16_support() -> tuple[bool, str]:
     """(whether bf16 pays off on this CPU, why), decided once per process.
 
-    From the CPU flags where they can be read: bf16 runs natively only on AVX512-BF16 or
-    AMX units; elsewhere PyTorch emulates it, 4-5x slower than fp32 (measured on an
-    AVX-512 Xeon without them, see docs/BENCHMARKS.md). Where there are no flags to read
-    (macOS, Windows) or on Arm, from a one-off timing of a matmul in both precisions.
+    `VITSAM_CPU_BF16=1` (or `0`) decides it outright. Otherwise from the CPU flags where
+    they can be read: bf16 runs natively only on AVX512-BF16 or AMX units; elsewhere
+    PyTorch emulates it, 4-5x slower than fp32 (measured on an AVX-512 Xeon without them,
+    see docs/BENCHMARKS.md). Where there are no flags to read (macOS, Windows) or on Arm,
+    from a one-off timing of a matmul in both precisions. Raises VitsamError for another
+    value of VITSAM_CPU_BF16.
     """
+    forced = os.environ.get(BF16_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise VitsamError(f"{BF16_ENV}={forced!r}: set it to 1 (bf16) or 0 (fp32), or unset it")
+        return forced == "1", f"{BF16_ENV}={forced} says so"
     flags = cpu_flags()
     if platform.machine().lower() in ("x86_64", "amd64", "i686") and flags:
         found = [f for f in BF16_CPU_FLAGS if f in flags]

@@ -47,17 +47,20 @@ FP32_PARTS: dict[str, tuple[str, ...]] = {
     ),
     "Owlv2ForObjectDetection": ("box_head", "class_head", "objectness_head"),
     "CLIPSegForImageSegmentation": (),
-    "SamModel": ("prompt_encoder", "shared_image_embedding"),
-    "Sam2Model": ("prompt_encoder", "shared_image_embedding"),
-    "Sam2VideoModel": ("prompt_encoder", "shared_image_embedding"),
-    # SAM 3: the DETR decoder's box refinement and the scoring against the phrase.
+    # SAM, SAM 2: the image encoder is the body. The mask decoder is a head: it picks one
+    # of its mask tokens by a stability score (SAM 2's dynamic multimask), a discrete
+    # choice that bf16's rounding can flip, and it is a small share of the time.
+    "SamModel": ("prompt_encoder", "shared_image_embedding", "mask_decoder"),
+    "Sam2Model": ("prompt_encoder", "shared_image_embedding", "mask_decoder"),
+    "Sam2VideoModel": ("prompt_encoder", "shared_image_embedding", "mask_decoder"),
+    # SAM 3: the DETR decoder's box refinement, the scoring against the phrase, the masks.
     "Sam3Model": (
         "detr_decoder.box_head", "detr_decoder.presence_head", "dot_product_scoring",
-        "geometry_encoder",
+        "geometry_encoder", "mask_decoder",
     ),
     "Sam3VideoModel": (
         "detr_decoder.box_head", "detr_decoder.presence_head", "dot_product_scoring",
-        "geometry_encoder", "tracker_model.prompt_encoder",
+        "geometry_encoder", "mask_decoder", "tracker_model.prompt_encoder",
         "tracker_model.shared_image_embedding",
     ),
 }  # fmt: skip
