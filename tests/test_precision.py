@@ -139,3 +139,22 @@ def test_fp32_parts_name_real_submodules(models, video_models):
         for part in parts:
             assert any(n == part or n.endswith("." + part) for n in names), (type(model), part)
         assert keep_fp32(model) == 0  # wrapped once, at load
+
+
+def test_sam3_video_tracks_agree(video_models, tmp_path):
+    """SAM 3's video model over 4 frames of a clip: in bf16 the same track ids on each
+    frame, boxes within 1 px and masks with IoU >= 0.98 of fp32's."""
+    from tests.test_video import write_clip
+    from vitsam.seg.video import VideoSegmenter
+
+    clip = write_clip(tmp_path / "clip.mp4", n=4)
+    tracks = both(lambda p: [t for _, t in VideoSegmenter.from_pretrained(
+        segmenter=video_models["sam3"], device="cpu", precision=p, max_detections=3
+    ).track(clip, "cat")])  # fmt: skip
+    assert len(tracks["fp32"]) == len(tracks["bf16"]) == 4
+    assert any(tracks["fp32"])
+    for a, b in zip(tracks["fp32"], tracks["bf16"]):
+        assert [t.track_id for t in a] == [t.track_id for t in b]
+        for x, y in zip(a, b):
+            assert np.abs(np.subtract(x.box, y.box)).max() <= 1.0
+            assert (x.mask & y.mask).sum() / max((x.mask | y.mask).sum(), 1) >= 0.98
