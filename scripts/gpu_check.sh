@@ -7,6 +7,8 @@
 #   seed   vitsam train --preset seed, 200 epochs, on the CIFAR-10 archive
 #   best   vitsam train --preset best, 200 epochs
 #   bench  benchmarks/train_speed.py --device cuda --steps 50 --compile
+#   bf16   the bf16-vs-fp32 agreement tests on CUDA (tests/test_precision.py --device
+#          cuda; needs transformers, pytest, scipy, pycocotools and av: the seg extra)
 #
 # Each stage runs under its own time limit (STAGE_LIMIT_S, default 280 s) and a failing
 # stage does not stop the next. Logs, metrics and the summary go to $OUT (default
@@ -28,7 +30,7 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(fast seed best bench)
+[ ${#stages[@]} -eq 0 ] && stages=(fast seed best bench bf16)
 
 {
   date -u
@@ -51,7 +53,16 @@ for stage in "${stages[@]}"; do
     # shellcheck disable=SC2086
     timeout "$LIMIT" $PY benchmarks/train_speed.py $BENCH_EXTRA 2>&1 | tee "$OUT/train_speed.md"
     ;;
-  *) echo "unknown stage $stage (fast, seed, best, bench)" ;;
+  bf16)
+    if $PY -c "import transformers, pytest, scipy, pycocotools, av" 2>/dev/null; then
+      timeout "$LIMIT" $PY -m pytest tests/test_precision.py --device cuda -q -p no:cacheprovider \
+        2>&1 | tee "$OUT/bf16_agreement.log"
+    else
+      echo "bf16: skipped, the seg extra is not installed here (pip install -e '.[seg,video]' pytest)" |
+        tee "$OUT/bf16_agreement.log"
+    fi
+    ;;
+  *) echo "unknown stage $stage (fast, seed, best, bench, bf16)" ;;
   esac
 done
 

@@ -21,6 +21,17 @@ def pytest_addoption(parser):
         "or fp32 / bf16 on any CPU (bf16 is emulated, slowly, where the CPU has no bf16 "
         "units). Model-running tests are marked `models`: -m models runs only those.",
     )  # fmt: skip
+    parser.addoption(
+        "--device", default="cpu",
+        help="the device of the tests that take the `device` fixture (tests/test_precision.py): "
+        "cpu, or cuda on a GPU machine (scripts/gpu_check.sh bf16)",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device --device names (cpu by default)."""
+    return devices.resolve_device(request.config.getoption("--device"))
 
 
 def pytest_configure(config):

@@ -1,7 +1,8 @@
 """bf16 against fp32 on the tiny models: boxes, scores and masks agree, whatever the CPU.
 
 Every test here runs both precisions explicitly (bf16 is emulated on a CPU without bf16
-units: slower, the same numbers). Tolerances follow from bf16's 8-bit mantissa: a
+units: slower, the same numbers), on the CPU or on the device `pytest --device` names
+(`scripts/gpu_check.sh bf16` runs them on CUDA). Tolerances follow from bf16's 8-bit mantissa: a
 network's outputs carry a relative error of about 1%, so a box is within 1 px and a
 score within 0.02; what is computed from positions (the boxes themselves, the prompt
 encoders) runs in fp32 (vitsam.seg.precision.FP32_PARTS).
@@ -15,8 +16,6 @@ from PIL import Image
 from vitsam.seg import TextSegmenter
 from vitsam.seg.masks import MaskPredictor
 from vitsam.seg.precision import FP32_PARTS, keep_fp32
-
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def matched(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("detector", ["grounding_dino", "owlv2", "clipseg"])
-def test_detector_boxes_and_scores_agree(models, photo, detector):
+def test_detector_boxes_and_scores_agree(models, photo, detector, device):
     """All boxes (threshold 0): each fp32 box has its bf16 twin within 1 px, and the
     scores, highest first, are within 0.02. Grounding DINO picks its queries as the top-k
     of many random-weight proposals, where near-ties can swap one query for another, and
@@ -48,7 +47,7 @@ def test_detector_boxes_and_scores_agree(models, photo, detector):
     from vitsam.seg.detect import Detector
 
     loaded = both(lambda p: Detector.from_pretrained(
-        models[detector], CPU, torch.bfloat16 if p == "bf16" else torch.float32
+        models[detector], device, torch.bfloat16 if p == "bf16" else torch.float32
     ))  # fmt: skip
     found = {p: d.detect(photo, ["cat", "dog"], 0.0, 0.0) for p, d in loaded.items()}
     assert loaded["bf16"].dtype == torch.bfloat16  # ran in bf16: no fallback to fp32
@@ -64,7 +63,7 @@ def test_detector_boxes_and_scores_agree(models, photo, detector):
 
 
 @pytest.mark.parametrize("segmenter", ["sam", "sam2"])
-def test_segmenter_masks_agree_on_the_same_boxes(models, photo, segmenter):
+def test_segmenter_masks_agree_on_the_same_boxes(models, photo, segmenter, device):
     """The same boxes in both precisions: mask logits within 3% (relative L2), masks'
     IoU >= 0.98 where the fp32 logit is clear of the threshold, and IoU scores within
     0.02. The random-weight models draw their masks where logits of about +-0.004 cross
@@ -74,7 +73,7 @@ def test_segmenter_masks_agree_on_the_same_boxes(models, photo, segmenter):
     logits, masks, scores = {}, {}, {}
     for p in ("fp32", "bf16"):
         sam = MaskPredictor.from_pretrained(
-            models[segmenter], CPU, torch.bfloat16 if p == "bf16" else torch.float32
+            models[segmenter], device, torch.bfloat16 if p == "bf16" else torch.float32
         )
         seen = []  # the low-res logits, as post-processing receives them
 
@@ -85,7 +84,7 @@ def test_segmenter_masks_agree_on_the_same_boxes(models, photo, segmenter):
         sam.processor.post_process_masks = post
         sam.set_image(photo)
         masks[p], scores[p] = sam.predict(boxes)
-        logits[p] = torch.cat(seen)
+        logits[p] = torch.cat(seen).cpu()
         assert sam.dtype == (torch.bfloat16 if p == "bf16" else torch.float32)  # no fallback
     a, b = logits["fp32"], logits["bf16"]
     assert ((a - b).norm() / a.norm()).item() <= 0.03
@@ -97,11 +96,11 @@ def test_segmenter_masks_agree_on_the_same_boxes(models, photo, segmenter):
     assert masks["bf16"].dtype == bool and masks["bf16"].shape == (3, 120, 160)
 
 
-def test_sam3_instances_agree(video_models, photo):
+def test_sam3_instances_agree(video_models, photo, device):
     """SAM 3 (boxes from its own fp32 box head): every fp32 instance has a bf16 twin within
     1 px with a score within 0.02 and a mask IoU >= 0.98."""
     found = both(lambda p: TextSegmenter.from_pretrained(
-        segmenter=video_models["sam3"], device="cpu", precision=p, box_threshold=0.0,
+        segmenter=video_models["sam3"], device=str(device), precision=p, box_threshold=0.0,
         max_detections=12).segment(photo, "cat. dog").detections)  # fmt: skip
     a, b = (np.array([d.box for d in found[p]]) for p in ("fp32", "bf16"))
     index, dist = matched(a, b)
@@ -113,11 +112,11 @@ def test_sam3_instances_agree(video_models, photo):
         assert iou >= 0.98
 
 
-def test_box_coordinates_are_not_on_the_bf16_grid(video_models, photo):
+def test_box_coordinates_are_not_on_the_bf16_grid(video_models, photo, device):
     """In bf16 SAM 3's boxes come from its fp32 box head: not all multiples of 1/8 px, as
     a box head in bf16 gives them on a 1024-wide input (and 1/16 px on this one)."""
     seg = TextSegmenter.from_pretrained(
-        segmenter=video_models["sam3"], device="cpu", precision="bf16", box_threshold=0.0
+        segmenter=video_models["sam3"], device=str(device), precision="bf16", box_threshold=0.0
     )
     coords = np.array([d.box for d in seg.segment(photo, "cat").detections]).ravel()
     inside = coords[(coords > 0) & (coords < 120)]  # not clipped to the image's edges
@@ -130,9 +129,10 @@ def test_fp32_parts_name_real_submodules(models, video_models):
     from vitsam.seg.detect import Detector
     from vitsam.seg.sam3 import Sam3Segmenter
 
-    loaded = [Detector.from_pretrained(models[n], CPU).model for n in ("grounding_dino", "owlv2")]
-    loaded += [MaskPredictor.from_pretrained(models[n], CPU).model for n in ("sam", "sam2")]
-    loaded.append(Sam3Segmenter.from_pretrained(video_models["sam3"], CPU).model)
+    cpu = torch.device("cpu")
+    loaded = [Detector.from_pretrained(models[n], cpu).model for n in ("grounding_dino", "owlv2")]
+    loaded += [MaskPredictor.from_pretrained(models[n], cpu).model for n in ("sam", "sam2")]
+    loaded.append(Sam3Segmenter.from_pretrained(video_models["sam3"], cpu).model)
     for model in loaded:
         parts = FP32_PARTS[type(model).__name__]
         names = [n for n, _ in model.named_modules()]
@@ -141,7 +141,7 @@ def test_fp32_parts_name_real_submodules(models, video_models):
         assert keep_fp32(model) == 0  # wrapped once, at load
 
 
-def test_sam3_video_tracks_agree(video_models, tmp_path):
+def test_sam3_video_tracks_agree(video_models, tmp_path, device):
     """SAM 3's video model over 4 frames of a clip: in bf16 the same track ids on each
     frame, boxes within 1 px and masks with IoU >= 0.98 of fp32's."""
     from tests.test_video import write_clip
@@ -149,7 +149,7 @@ def test_sam3_video_tracks_agree(video_models, tmp_path):
 
     clip = write_clip(tmp_path / "clip.mp4", n=4)
     tracks = both(lambda p: [t for _, t in VideoSegmenter.from_pretrained(
-        segmenter=video_models["sam3"], device="cpu", precision=p, max_detections=3
+        segmenter=video_models["sam3"], device=str(device), precision=p, max_detections=3
     ).track(clip, "cat")])  # fmt: skip
     assert len(tracks["fp32"]) == len(tracks["bf16"]) == 4
     assert any(tracks["fp32"])
