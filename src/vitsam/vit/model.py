@@ -78,8 +78,11 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or torch.compiler.is_compiling():  # inductor has its own
+        if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
+        if torch.compiler.is_compiling():  # inductor has its own kernel; in bf16 on an
+            # AVX512-BF16 CPU it crashes the process (torch 2.14.1), in fp32 it does not
+            return F.dropout(x.float(), self.p, training=True).to(x.dtype)
         keep = uniform16(x.numel()).view(x.shape) >= round(-32768 + self.p * 65536)
         # bool -> float conversion has no vectorized CPU kernel; uint8 -> float has
         mask = keep.view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - self.p))
