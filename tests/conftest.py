@@ -10,7 +10,7 @@ from vitsam import devices
 from vitsam.vit.config import ModelConfig, TrainConfig
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-# Fixtures whose tests run a segmentation model: such a test is marked `models`.
+# Fixtures whose tests run a model (segmentation models, a trained ViT): marked `models`.
 MODEL_FIXTURES = {"models", "video_models", "trained_run"}
 
 
@@ -52,11 +52,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.models)
-
-
-def run_dtype() -> torch.dtype:
-    """The dtype models run in on the CPU in this test run (what --precision auto gives)."""
-    return devices.choose_precision("auto", torch.device("cpu")).dtype
 
 
 @pytest.fixture

@@ -34,35 +34,28 @@ T = TypeVar("T")
 # under autocast, per transformers model class. A box head in bf16 quantises its
 # coordinates to 1/128 of the box's scale; a prompt encoder's sin/cos of a random
 # projection of the coordinates loses them altogether.
+# Grounding DINO: the input projections set the dtype of the valid ratios, reference points
+# and position embeddings; the heads give boxes and text scores.
+_GROUNDING_DINO = ("model.input_proj_vision", "model.encoder_output_bbox_embed",
+                   "model.encoder_output_class_embed", "bbox_embed", "class_embed")
+# SAM, SAM 2: the image encoder is the body. The mask decoder is a head: it picks one of
+# its mask tokens by a stability score (SAM 2's dynamic multimask), a discrete choice that
+# bf16's rounding can flip, and it is a small share of the time.
+_SAM = ("prompt_encoder", "shared_image_embedding", "mask_decoder")
+# SAM 3: the DETR decoder's box refinement, the scoring against the phrase, the masks.
+_SAM3 = ("detr_decoder.box_head", "detr_decoder.presence_head", "dot_product_scoring",
+         "geometry_encoder", "mask_decoder")
 FP32_PARTS: dict[str, tuple[str, ...]] = {
-    # Grounding DINO: the input projections set the dtype of the valid ratios, reference
-    # points and position embeddings; the heads give boxes and text scores.
-    "GroundingDinoForObjectDetection": (
-        "model.input_proj_vision", "model.encoder_output_bbox_embed",
-        "model.encoder_output_class_embed", "bbox_embed", "class_embed",
-    ),
-    "MMGroundingDinoForObjectDetection": (
-        "model.input_proj_vision", "model.encoder_output_bbox_embed",
-        "model.encoder_output_class_embed", "bbox_embed", "class_embed",
-    ),
+    "GroundingDinoForObjectDetection": _GROUNDING_DINO,
+    "MMGroundingDinoForObjectDetection": _GROUNDING_DINO,
     "Owlv2ForObjectDetection": ("box_head", "class_head", "objectness_head"),
     "CLIPSegForImageSegmentation": (),
-    # SAM, SAM 2: the image encoder is the body. The mask decoder is a head: it picks one
-    # of its mask tokens by a stability score (SAM 2's dynamic multimask), a discrete
-    # choice that bf16's rounding can flip, and it is a small share of the time.
-    "SamModel": ("prompt_encoder", "shared_image_embedding", "mask_decoder"),
-    "Sam2Model": ("prompt_encoder", "shared_image_embedding", "mask_decoder"),
-    "Sam2VideoModel": ("prompt_encoder", "shared_image_embedding", "mask_decoder"),
-    # SAM 3: the DETR decoder's box refinement, the scoring against the phrase, the masks.
-    "Sam3Model": (
-        "detr_decoder.box_head", "detr_decoder.presence_head", "dot_product_scoring",
-        "geometry_encoder", "mask_decoder",
-    ),
-    "Sam3VideoModel": (
-        "detr_decoder.box_head", "detr_decoder.presence_head", "dot_product_scoring",
-        "geometry_encoder", "mask_decoder", "tracker_model.prompt_encoder",
-        "tracker_model.shared_image_embedding",
-    ),
+    "SamModel": _SAM,
+    "Sam2Model": _SAM,
+    "Sam2VideoModel": _SAM,
+    "Sam3Model": _SAM3,
+    # (its tracker's mask decoder matches "mask_decoder" already: names match as suffixes)
+    "Sam3VideoModel": (*_SAM3, "tracker_model.prompt_encoder", "tracker_model.shared_image_embedding"),
 }  # fmt: skip
 
 
@@ -71,14 +64,14 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def to_fp32(value):
-    """Floating tensors in `value` (a tensor, or tuples, lists and dicts of them) to fp32."""
+def as_fp32(value):
+    """Floating tensors in `value` (a tensor, or tuples, lists and dicts of them) in fp32."""
     if isinstance(value, torch.Tensor):
         return value.float() if value.is_floating_point() else value
     if isinstance(value, (list, tuple)):
-        return type(value)(to_fp32(v) for v in value)
+        return type(value)(as_fp32(v) for v in value)
     if isinstance(value, dict):
-        return {k: to_fp32(v) for k, v in value.items()}
+        return {k: as_fp32(v) for k, v in value.items()}
     return value
 
 
@@ -106,7 +99,7 @@ def _fp32_forward(forward: Callable) -> Callable:
         device = next((a.device.type for a in (*args, *kwargs.values())
                        if isinstance(a, torch.Tensor)), "cpu")  # fmt: skip
         with torch.autocast(device, enabled=False):
-            return forward(*to_fp32(args), **to_fp32(kwargs))
+            return forward(*as_fp32(args), **as_fp32(kwargs))
 
     return run
 
