@@ -224,7 +224,7 @@ class Trainer:
 
         `seconds` is the epoch as measured and `ended` its perf_counter at the end. In the
         epoch that fitted the time budget, the steps before the fit (warm-up and timed steps)
-        and the fit's own evaluations read 5-10% slow (docs/BENCHMARKS.md, session 6), so the
+        and the fit's own evaluations read 5-10% slow (docs/BENCHMARKS.md, VM 6), so the
         pace of the steps after the fit stands for the whole epoch when at least
         CALIBRATION_STEPS of them ran; otherwise `seconds` as it is.
         """
