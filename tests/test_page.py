@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving import server
+from tests.serving import TOKEN, server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -32,15 +32,18 @@ def browser():
         b.close()
 
 
-def test_upload_prompt_segment_shows_overlay_and_table(browser, models, tmp_path):
+def test_sign_in_upload_prompt_segment_shows_overlay_and_table(browser, models, tmp_path):
     from playwright.sync_api import expect
 
     photo = tmp_path / "photo.png"
     arr = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     Image.fromarray(arr).save(photo)
-    with server(models) as url:
+    with server(models, "--token", TOKEN) as url:
         page = browser.new_page()
-        page.goto(url + "/", wait_until="networkidle", timeout=60_000)
+        page.goto(url + "/", timeout=60_000)  # the token's form first, then the page
+        page.locator("#token").fill(TOKEN)
+        page.locator("#sign-in").click()
+        page.wait_for_url(url + "/", wait_until="networkidle", timeout=60_000)
         page.locator("#input-image input[type=file]").set_input_files(str(photo))
         page.locator("#prompt textarea").fill("cat. dog")
         page.locator("#segment-button").click()

@@ -3,6 +3,7 @@
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -44,7 +45,8 @@ def test_health_openapi_and_page(url):
     spec = httpx.get(url + "/openapi.json").json()
     assert "/v1/segment" in spec["paths"] and "/healthz" in spec["paths"]
     assert httpx.get(url + "/docs").status_code == 200
-    page = httpx.get(url + "/")
+    assert httpx.get(url + "/").status_code == 401  # the page needs the token too
+    page = httpx.get(url + "/", headers=AUTH)
     assert page.status_code == 200 and "<html" in page.text.lower()
 
 
@@ -97,6 +99,28 @@ def test_token_is_required(url):
     assert post(url, {"prompt": "cat"}, headers={}).status_code == 401
     r = post(url, {"prompt": "cat"}, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and "token" in r.json()["error"]
+    lower = post(url, {"prompt": "cat"}, headers={"Authorization": f"bearer {TOKEN}"})
+    assert lower.status_code == 200  # RFC 7235: the scheme is case-insensitive
+
+
+def test_the_page_api_needs_the_token_too(url, tmp_path):
+    """gradio_client calls the page's own API (/gradio_api/...), which a mounted Gradio app
+    serves past the host app's dependencies: the guard stops it without the token."""
+    from gradio_client import Client, handle_file
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes())
+    with pytest.raises(Exception, match="credentials were not provided|401"):
+        Client(url, verbose=False).predict(handle_file(str(photo)), "a cat", 0, 0, api_name="/run")
+    for route in ("/gradio_api/call/run", "/gradio_api/queue/join", "/gradio_api/upload"):
+        assert httpx.post(url + route, json={"data": []}).status_code == 401, route
+    client = Client(url, verbose=False, headers=AUTH, download_files=str(tmp_path / "dl"))
+    overlay, table, files = client.predict(
+        handle_file(str(photo)), "a cat", 0, 0, api_name="/run"
+    )
+    assert Image.open(overlay).size == (160, 120)
+    assert table["data"] and {row[0] for row in table["data"]} <= {"a cat", "cat"}
+    assert sorted(Path(f).suffix for f in files) == [".json", ".png"]
 
 
 def bomb() -> bytes:

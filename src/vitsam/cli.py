@@ -629,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token",
         default="",
-        help="require 'Authorization: Bearer TOKEN' on the API (or VITSAM_TOKEN)",
+        help="require the token on the API and the page: 'Authorization: Bearer TOKEN', "
+        "or the page's sign-in form (or VITSAM_TOKEN)",
     )
     p.add_argument("--max-upload-mb", type=float, default=20)
     p.add_argument(

@@ -1,22 +1,24 @@
 """The HTTP API (FastAPI): POST /v1/segment, GET /healthz, OpenAPI at /openapi.json and /docs.
 
 Answers are the CLI's JSON document (or the overlay PNG with ?format=png); every error is
-a JSON body {"error": "..."} with a 4xx/5xx status, and the server keeps serving.
+a JSON body {"error": "..."} with a 4xx/5xx status, and the server keeps serving. With a
+token, every route but /healthz and the OpenAPI description needs it (serve/auth.py, which
+also guards the page that serve/server.py mounts).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import secrets
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from vitsam import __version__
 from vitsam.errors import VitsamError
 from vitsam.images import decode_image
+from vitsam.serve.auth import TokenGuard
 from vitsam.serve.service import Busy, NotReady, SegmentService
 
 
@@ -73,18 +75,6 @@ def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 
         status = 503 if isinstance(e, (Busy, NotReady)) else 400
         return JSONResponse({"error": str(e)}, status_code=status)
 
-    def authorised(request: Request) -> None:
-        if not token:
-            return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise _Unauthorised
-
-    @app.exception_handler(_Unauthorised)
-    async def unauthorised(request: Request, e: Exception):
-        return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-
     @app.get("/healthz", summary="ready once the models are loaded")
     async def healthz():
         if service.ready:
@@ -96,9 +86,7 @@ def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 
         status = "error" if service.error else "loading"
         return JSONResponse({"status": status, "error": service.error}, status_code=503)
 
-    @app.post(
-        "/v1/segment", dependencies=[Depends(authorised)], summary="segment an uploaded image"
-    )
+    @app.post("/v1/segment", summary="segment an uploaded image")
     async def segment(
         image: UploadFile = File(..., description="the image file (JPEG, PNG, WebP, TIFF, ...)"),
         prompt: str = Form(
@@ -136,11 +124,8 @@ def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 
         return result.to_json()
 
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 2**20))
+    app.add_middleware(TokenGuard, token=token)  # outermost: no body is read before it
     return app
-
-
-class _Unauthorised(Exception):
-    pass
 
 
 def _parse_boxes(text: str):
