@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from vitsam.errors import VitsamError
-from vitsam.images import list_images, open_image
+from vitsam.images import MAX_PIXELS_ENV, list_images, max_pixels, open_image, pixel_limit
 
 
 @pytest.mark.parametrize(
@@ -65,8 +65,39 @@ def test_bad_files_get_clear_errors_naming_them(tmp_path):
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     Image.new("1", (20_000, 20_000)).save(tmp_path / "bomb.png")  # 400 Mpx, a few kB on disk
-    with pytest.raises(VitsamError, match="bomb.png: .*(decompression bomb|too large)"):
+    with pytest.raises(VitsamError, match="bomb.png: .*400 megapixels, over the 250-megapixel"):
         open_image(tmp_path / "bomb.png")
+
+
+def test_a_108_megapixel_phone_photo_opens_and_the_limit_is_one_flag(tmp_path, monkeypatch):
+    """Pillow's own limit (89 MP) would refuse it as a bomb: only the project's applies."""
+    photo = tmp_path / "phone.jpg"
+    Image.new("L", (12_000, 9_000), 128).save(photo, quality=50)  # 108 MP, small on disk
+    assert photo.stat().st_size < 4_000_000
+    assert open_image(photo, "L").size == (12_000, 9_000)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "100_000_000")
+    with pytest.raises(VitsamError, match=r"phone.jpg: 12000x9000 is 108 megapixels, over the "
+                       r"100-megapixel limit: .*--max-pixels N or VITSAM_MAX_PIXELS=N"):  # fmt: skip
+        open_image(photo, "L")
+    with pixel_limit(110_000_000):  # what --max-pixels does: the env for this process and its children
+        assert max_pixels() == 110_000_000 and open_image(photo, "L").size == (12_000, 9_000)
+    assert max_pixels() == 100_000_000
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(VitsamError, match="VITSAM_MAX_PIXELS='lots': give a number of pixels"):
+        max_pixels()
+
+
+def test_the_cli_says_how_to_raise_the_limit(tmp_path, capsys, models):
+    from vitsam.cli import main
+
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "big.png")
+    args = ["segment", str(tmp_path / "big.png"), "--box", "0,0,10,10", "--out", str(tmp_path),
+            "--segmenter", models["sam2"], "--device", "cpu"]  # fmt: skip
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "over the 250-megapixel limit" in err and "--max-pixels" in err
+    assert main([*args, "--max-pixels", "0"]) == 2
+    assert "--max-pixels must be a positive" in capsys.readouterr().err
 
 
 def test_list_images_expands_folders_sorted(tmp_path):

@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from vitsam.errors import VitsamError
+from vitsam.images import pixel_limit
 
 log = logging.getLogger("vitsam")
 
@@ -544,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         "segment", help="masks for what a text prompt names (Grounding DINO -> SAM 2)"
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO")
+    _max_pixels_flag(p)
     p.add_argument(
         "--prompt",
         help="phrases separated by '.' or ',' (or new lines), e.g. 'cat, remote control'; "
@@ -633,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or the page's sign-in form (or VITSAM_TOKEN)",
     )
     p.add_argument("--max-upload-mb", type=float, default=20)
+    _max_pixels_flag(p)
     p.add_argument(
         "--queue-size", type=int, default=8, help="requests waiting or running before 503"
     )
@@ -664,6 +667,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _max_pixels_flag(p: argparse.ArgumentParser) -> None:
+    from vitsam.images import MAX_PIXELS, MAX_PIXELS_ENV
+
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help=f"decode images up to N pixels, width x height (default {MAX_PIXELS:_}, or "
+        f"{MAX_PIXELS_ENV}); larger ones are refused before decoding",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """vitsam: train and use a Vision Transformer; segment images from text prompts."""
     parser = build_parser()
@@ -674,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
-        return args.func(args)
+        with pixel_limit(getattr(args, "max_pixels", None)):
+            return args.func(args)
     except VitsamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

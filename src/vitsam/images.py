@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +16,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vitsam.errors import VitsamError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-# Larger than any real photo we expect (about 180 megapixels), small enough to refuse bombs.
-MAX_PIXELS = 180_000_000
+# The largest image decoded (width x height, pixels) unless VITSAM_MAX_PIXELS says more:
+# 2026's phones take 50-200 megapixel photos (200 MP: 16320x12240); 250 MP of RGB is 750 MB
+# decoded, and a decompression bomb (a few kB claiming gigapixels) is refused before that.
+MAX_PIXELS = 250_000_000
+MAX_PIXELS_ENV = "VITSAM_MAX_PIXELS"
 
 
 def is_image_path(path: Path) -> bool:
@@ -57,29 +64,77 @@ def open_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     return decode_image(data, str(path), mode)
 
 
-def decode_image(data: bytes, name: str = "image", mode: str = "RGB") -> Image.Image:
-    """Decode image bytes as `open_image` does; errors name the image as `name`."""
+def max_pixels() -> int:
+    """The pixel limit (width x height) for decoding: VITSAM_MAX_PIXELS, else MAX_PIXELS.
+
+    Raises VitsamError when VITSAM_MAX_PIXELS is set to anything but a positive integer.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise VitsamError(f"{MAX_PIXELS_ENV}={text!r}: give a number of pixels, e.g. 400000000")
+    return int(text)
+
+
+@contextmanager
+def pixel_limit(pixels: int | None) -> Iterator[None]:
+    """Within the block, max_pixels() is `pixels` (None: unchanged), for this process and
+    the processes it starts (Ray's local workers, a server); the old value comes back after."""
+    if pixels is None:
+        yield
+        return
+    if pixels < 1:
+        raise VitsamError(f"--max-pixels must be a positive number of pixels, got {pixels}")
+    before = os.environ.get(MAX_PIXELS_ENV)
+    os.environ[MAX_PIXELS_ENV] = str(pixels)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MAX_PIXELS_ENV, None)
+        else:
+            os.environ[MAX_PIXELS_ENV] = before
+
+
+def decode_image(
+    data: bytes, name: str = "image", mode: str = "RGB", limit: int | None = None
+) -> Image.Image:
+    """Decode image bytes as `open_image` does; errors name the image as `name`.
+
+    An image over `limit` pixels (default max_pixels()) is refused from its header, before
+    any pixel is decoded. Pillow's own bomb limit (89 MP by default) is raised to ours so
+    that one limit applies: the project's.
+    """
+    limit = limit or max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise VitsamError(
-                        f"{name}: {im.width}x{im.height} is too large to decode safely "
-                        f"(over {MAX_PIXELS // 1_000_000} megapixels): downscale it first"
-                    )
+                if im.width * im.height > limit:
+                    raise _too_large(name, f"{im.width}x{im.height}", im.width * im.height, limit)
                 im.load()
                 im = ImageOps.exif_transpose(im)
     except VitsamError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise VitsamError(f"{name}: refused as a possible decompression bomb ({e})") from None
+        pixels = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's own check, in open()
+        raise _too_large(name, "it", int(pixels[1]) if pixels else limit + 1, limit) from None
     except UnidentifiedImageError:
         raise VitsamError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise VitsamError(f"{name}: corrupt or truncated image ({e})") from None
     rgb = to_rgb(im)
     return rgb if mode == "RGB" else rgb.convert(mode)
+
+
+def _too_large(name: str, size: str, pixels: int, limit: int) -> VitsamError:
+    return VitsamError(
+        f"{name}: {size} is {pixels / 1e6:.0f} megapixels, over the {limit / 1e6:.0f}-megapixel "
+        f"limit: downscale it, or raise the limit with --max-pixels N or {MAX_PIXELS_ENV}=N"
+    )
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:

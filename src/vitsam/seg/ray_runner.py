@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from vitsam.errors import VitsamError
-from vitsam.images import decode_image, is_image_path
+from vitsam.images import decode_image, is_image_path, max_pixels
 from vitsam.seg.exports import ExportSummary
 from vitsam.seg.labelset import Entry, LabelSet, LabelSettings, named_images, output_name
 
@@ -53,20 +53,26 @@ class SegmentWorker:
     """
 
     def __init__(
-        self, settings: dict, device: str = "auto", precision: str = "auto", keep_bytes=False
+        self,
+        settings: dict,
+        device: str = "auto",
+        precision: str = "auto",
+        keep_bytes: bool = False,
+        max_pixels: int | None = None,  # the driver's limit: a remote node has its own env
     ):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         self.settings = LabelSettings(**settings)
         self.segmenter = self.settings.load(device, precision)
-        self.keep_bytes = keep_bytes
+        self.keep_bytes, self.max_pixels = keep_bytes, max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         docs, errors = [], []
         for path, data in zip(batch["path"], batch["bytes"]):
             try:
-                result = self.settings.segment(self.segmenter, decode_image(bytes(data), path))
+                image = decode_image(bytes(data), path, limit=self.max_pixels)
+                result = self.settings.segment(self.segmenter, image)
                 docs.append(json.dumps(result.to_json()))
                 errors.append("")
             except VitsamError as e:
@@ -157,6 +163,7 @@ def label_with_ray(
             "device": device,
             "precision": precision,
             "keep_bytes": bool(exports) and fs is not None,  # remote images are copied in
+            "max_pixels": max_pixels(),
         }
         with _cluster():
             ds = _segment_dataset(
