@@ -9,20 +9,35 @@ import yaml
 from PIL import Image
 
 from vitsam.cli import main
-from vitsam.seg.exports import Item, join_polygons, mask_polygons, write_coco, write_yolo
+from vitsam.seg.exports import (
+    Item,
+    join_polygons,
+    mask_polygons,
+    write_coco,
+    write_yolo,
+    yolo_polygon,
+)
 from vitsam.seg.labelset import LabelSet, LabelSettings
 from vitsam.seg.results import Detection, Segmentation
 
 H, W = 80, 120
-# Polygons are traced through the boundary pixels' centres: pycocotools' rasteriser then
-# loses half a pixel all round (IoU 0.85-0.93 for these 25-50 px objects); OpenCV's
-# fillPoly, which Ultralytics uses, gives the pixels back, less filled holes and seams.
-COCO_POLYGON_IOU = 0.85
-YOLO_POLYGON_IOU = 0.95
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return (a & b).sum() / (a | b).sum()
+def coco_decode(polygons: list[list[float]], h: int, w: int) -> tuple[int, np.ndarray]:
+    """COCO polygons -> (area, mask) as pycocotools rasterises them (a union)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
+    return int(mask_utils.area(rle)), mask_utils.decode(rle).astype(bool)
+
+
+def yolo_fill(line: str, h: int, w: int, truncate: bool = False) -> np.ndarray:
+    """A YOLO segmentation line -> its mask as Ultralytics draws it (cv2.fillPoly of the
+    denormalised vertices, rounded, or truncated as `polygon2mask`'s int32 cast does)."""
+    xy = np.array(line.split()[1:], dtype=np.float64).reshape(-1, 2) * [w, h]
+    drawn = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(drawn, [(xy if truncate else np.round(xy)).astype(np.int32)], 1)
+    return drawn.astype(bool)
 
 
 def masks() -> dict[str, np.ndarray]:
@@ -95,9 +110,11 @@ def test_coco_polygons_rasterise_back_to_the_masks(items, tmp_path):
     write_coco(items, ["cat", "dog"], tmp_path / "annotations.json", polygons=True)
     coco = COCO(str(tmp_path / "annotations.json"))
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
-    assert [len(a["segmentation"]) for a in anns] == [1, 1, 2]  # one polygon per part
+    assert [len(a["segmentation"]) for a in anns[:2]] == [1, 1]  # one polygon each
+    assert set(anns[2]["segmentation"]) == {"size", "counts"}  # a hole: RLE
     for ann, name in zip(anns, ("rect", "disc", "parts")):
-        assert iou(coco.annToMask(ann).astype(bool), masks()[name]) >= COCO_POLYGON_IOU
+        assert np.array_equal(coco.annToMask(ann).astype(bool), masks()[name])
+        assert ann["area"] == masks()[name].sum()
 
 
 def test_yolo_labels_parse_and_rasterise_back_to_the_masks(items, tmp_path):
@@ -113,21 +130,106 @@ def test_yolo_labels_parse_and_rasterise_back_to_the_masks(items, tmp_path):
         values = line.split()
         xy = np.array(values[1:], dtype=np.float64).reshape(-1, 2)
         assert int(values[0]) == cls and ((xy >= 0) & (xy <= 1)).all()
-        drawn = np.zeros((H, W), np.uint8)
-        cv2.fillPoly(drawn, [np.round(xy * [W, H]).astype(np.int32)], 1)  # as Ultralytics
-        assert iou(drawn.astype(bool), masks()[name]) >= YOLO_POLYGON_IOU
+        drawn, mask = yolo_fill(line, H, W), masks()[name]
+        assert (drawn >= mask).all() and not drawn[60:64, 15:19].any()  # parts' hole stays
+        assert (drawn & ~mask).sum() <= (0 if name != "parts" else W)  # parts: one seam
 
 
 def test_joined_parts_cover_every_part_and_add_only_seams():
     parts = np.zeros((H, W), bool)
     parts[5:20, 5:20] = parts[5:20, 60:75] = parts[50:70, 30:50] = True
-    polygons = mask_polygons(parts)
-    assert len(polygons) == 3
+    polygons = mask_polygons(parts, corners=False)
+    assert [len(p) for p in polygons] == [1, 1, 1]  # three parts, no holes
     drawn = np.zeros((H, W), np.uint8)
-    cv2.fillPoly(drawn, [join_polygons(polygons).astype(np.int32)], 1)
+    cv2.fillPoly(drawn, [join_polygons([p[0] for p in polygons]).astype(np.int32)], 1)
     drawn = drawn.astype(bool)
     assert (drawn >= parts).all()  # every part inside
     assert (drawn & ~parts).sum() < 2 * (W + H)  # the rest is two one-pixel seams
+
+
+SH, SW = 100, 140  # the canvas of the polygon shapes below
+
+
+def shapes() -> dict[str, np.ndarray]:
+    """Shapes polygons used to get wrong (issue 22): pixel-centre vertices shrank them by
+    half a pixel all round, holes were filled, thin masks were dropped."""
+    yy, xx = np.mgrid[:SH, :SW]
+    out = {k: np.zeros((SH, SW), bool) for k in ("square", "holed", "parts", "pixel", "wire")}
+    out["square"][10:30, 40:60] = True  # 400 px
+    out["holed"][10:90, 30:110] = True
+    out["holed"][30:70, 50:90] = False  # 6400 - 1600 = 4800 px
+    out["disc"] = (yy - 50) ** 2 + (xx - 70) ** 2 <= 20**2
+    out["parts"][5:25, 5:35] = out["parts"][60:95, 100:130] = True
+    out["pixel"][50, 70] = True
+    out["wire"][np.arange(20, 80), np.arange(30, 90)] = True  # 1 px wide, 8-connected
+    return out
+
+
+@pytest.fixture
+def shape_items() -> list[Item]:
+    seg = Segmentation("s.png", SW, SH, "thing", "det", "seg")
+    for mask in shapes().values():
+        seg.detections.append(Detection("thing", 0.9, box_of(mask), mask=mask))
+    return [Item("s.png", seg.to_json())]
+
+
+def test_coco_polygons_decode_to_the_masks_area(shape_items, tmp_path):
+    """pycocotools' `frPyObjects` + `merge` + `area` of each written polygon set is the
+    mask's area; a mask with a hole is written as RLE; thin masks are kept."""
+    from pycocotools.coco import COCO
+
+    summary = write_coco(shape_items, ["thing"], tmp_path / "a.json", polygons=True)
+    assert (summary.annotations, summary.left_out) == (len(shapes()), 0)
+    coco = COCO(str(tmp_path / "a.json"))
+    for ann, (name, mask) in zip(coco.loadAnns(coco.getAnnIds()), shapes().items()):
+        assert ann["area"] == mask.sum(), name
+        assert np.array_equal(coco.annToMask(ann).astype(bool), mask), name
+        if name == "holed":
+            assert set(ann["segmentation"]) == {"size", "counts"} and ann["area"] == 4800
+            continue
+        assert len(ann["segmentation"]) == (2 if name == "parts" else 1), name
+        assert coco_decode(ann["segmentation"], SH, SW)[0] == mask.sum(), name
+    square = coco.loadAnns(coco.getAnnIds())[0]["segmentation"][0]
+    corners = {tuple(square[i : i + 2]) for i in range(0, len(square), 2)}
+    assert corners == {(40, 10), (60, 10), (60, 30), (40, 30)}  # on pixel corners
+
+
+def test_yolo_polygons_fill_back_to_the_masks(shape_items, tmp_path):
+    """cv2.fillPoly of each denormalised line (as Ultralytics' polygon2mask draws it) gives
+    the mask: the hole stays empty, the pixel and the wire are kept."""
+    summary = write_yolo(shape_items, ["thing"], tmp_path)
+    assert (summary.annotations, summary.left_out) == (len(shapes()), 0)
+    lines = (tmp_path / "labels" / "s.txt").read_text().splitlines()
+    for line, (name, mask) in zip(lines, shapes().items()):
+        assert len(line.split()) >= 7, name  # 3 points at least: a polygon, not a box
+        for truncate in (False, True):
+            drawn = yolo_fill(line, SH, SW, truncate)
+            if name == "parts":  # one ring through both parts: a one-pixel seam between
+                assert (drawn >= mask).all() and (drawn & ~mask).sum() < SW
+                continue
+            assert np.array_equal(drawn, mask), (name, truncate)
+    assert yolo_fill(lines[1], SH, SW).sum() == yolo_fill(lines[1], SH, SW, True).sum() == 4800
+
+
+def test_polygons_on_pixel_corners_decode_exactly_even_with_holes():
+    """Random blobs: every ring of `mask_polygons` rasterised by pycocotools, combined
+    even-odd (outer rings add, holes cut), is the mask, pixel for pixel; YOLO's ring of a
+    blob in one part fills back to it within a pixel or two (a seam between holes may
+    cross a corner of one)."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        h, w = rng.integers(5, 40, 2)
+        smooth = cv2.GaussianBlur(rng.random((h, w)), (0, 0), rng.uniform(0.5, 2))
+        mask = smooth > rng.uniform(0.4, 0.6)
+        xor = np.zeros((h, w), bool)
+        for rings in mask_polygons(mask):
+            for ring in rings:
+                xor ^= coco_decode([ring.ravel().astype(float).tolist()], h, w)[1]
+        assert np.array_equal(xor, mask)
+        if len(mask_polygons(mask, corners=False)) == 1:
+            drawn = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(drawn, [yolo_polygon(mask).astype(np.int32)], 1)
+            assert (drawn.astype(bool) >= mask).all() and (drawn.astype(bool) & ~mask).sum() <= 2
 
 
 def test_exif_rotated_original_becomes_an_upright_copy(tmp_path):

@@ -6,16 +6,23 @@ stream them: memory holds one image's masks at a time (and, for COCO, the image 
 
 - COCO (`annotations.json`): categories 1..K in the order given; per detection `bbox` as
   XYWH pixels, `area` and RLE `segmentation` from pycocotools (or polygons from OpenCV's
-  contours, `polygons=True`), `iscrowd` 0, the detector's `score` and the segmenter's
-  `mask_score`. Loads with `pycocotools.coco.COCO` and torchvision's `CocoDetection`.
+  contours, `polygons=True`, for masks without holes: below), `iscrowd` 0, the detector's
+  `score` and the segmenter's `mask_score`. Loads with `pycocotools.coco.COCO` and
+  torchvision's `CocoDetection`.
 - YOLO segmentation (Ultralytics' layout): `labels/NAME.txt`, one line per detection,
   `class x1 y1 x2 y2 ...` with the polygon normalised by the image's width and height;
   `data.yaml` with the class names. Images are placed by the caller in `images/`.
 
-Polygons lose holes (neither format's polygons hold them); a mask in several parts is one
-polygon per part in COCO and, in YOLO, one ring through all parts joined by zero-width
-seams, as Ultralytics' own COCO converter does (`merge_multi_segment`). Detections whose
-mask is empty or missing are left out of both and counted.
+Polygons are drawn for each format's rasteriser, so that they decode back to the mask. COCO
+polygons have their vertices on pixel corners, one polygon per part, and pycocotools'
+`frPyObjects` gives the mask's pixels back; a mask with a hole is written as RLE, because
+pycocotools merges an annotation's polygons by union, so no polygon can cut a hole.
+`area` is what the written segmentation decodes to. YOLO polygons have their vertices on
+the boundary pixels' centres, which `cv2.fillPoly` (Ultralytics' rasteriser) fills back:
+one ring per detection through every part and hole, joined by zero-width seams (as
+Ultralytics' `merge_multi_segment` joins parts), and fillPoly's even-odd fill keeps the
+holes empty. Masks of one pixel or a 1-px line are kept. Detections whose mask is empty or
+missing are left out of both and counted.
 """
 
 from __future__ import annotations
@@ -58,45 +65,77 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
-    """(H, W) bool mask -> the outer contour of each part as (K, 2) int XY pixel centres.
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """A (K, 2) closed ring without repeated points or vertices inside straight runs."""
+    ring = ring[(ring != np.roll(ring, 1, axis=0)).any(axis=1)]
+    if len(ring) < 3:
+        return ring
+    a, b = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
+    straight = (a[:, 0] * b[:, 1] == a[:, 1] * b[:, 0]) & ((a * b).sum(axis=1) > 0)
+    return ring[~straight]
 
-    OpenCV's border following (`cv2.findContours`, RETR_EXTERNAL, CHAIN_APPROX_SIMPLE);
-    parts under 3 points (a pixel or a line) are dropped. `cv2.fillPoly` of the result
-    gives the mask back with its holes filled.
+
+def mask_polygons(mask: np.ndarray, corners: bool = True) -> list[list[np.ndarray]]:
+    """(H, W) bool mask -> per part (8-connected), its outer ring then its holes' rings, each
+    (K, 2) int XY; outer rings run one way and holes the other, as cv2.findContours gives.
+
+    corners=True: vertices on pixel corners ((col, row) of a pixel is its top-left corner),
+    the outline along the pixels' edges, so a square of n x n pixels is (0, 0)..(n, n) and
+    a lone pixel a unit square. pycocotools' polygon rasteriser (`frPyObjects`) and any
+    exact even-odd fill give the mask back. Traced by OpenCV's border following
+    (`cv2.findContours`, RETR_CCOMP) on the mask upsampled 2x by nearest neighbour: each
+    traced pixel is a quadrant of a mask pixel, and (x + 1) // 2 is that pixel's corner in
+    the quadrant.
+
+    corners=False: vertices on the centres of the boundary pixels (`cv2.findContours` on
+    the mask, CHAIN_APPROX_SIMPLE), a pixel a single point and a 1-px line two; what
+    `cv2.fillPoly`, which Ultralytics rasterises YOLO polygons with, gives back exactly
+    (it fills the pixels on the outline too), and what Ultralytics' own mask converter
+    writes (`ultralytics/data/converter.py: convert_segment_masks_to_yolo_seg`).
     """
     import cv2
 
-    contours, _ = cv2.findContours(
-        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    return [c.reshape(-1, 2) for c in contours if len(c) >= 3]
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    left, top, w, h = cv2.boundingRect(mask)  # traced inside the mask's box, for speed
+    if not w:
+        return []
+    crop = np.ascontiguousarray(mask[top : top + h, left : left + w])
+    if corners:
+        crop = cv2.resize(crop, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
+    chain = cv2.CHAIN_APPROX_NONE if corners else cv2.CHAIN_APPROX_SIMPLE
+    contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, chain)
+    rings = [c.reshape(-1, 2) for c in contours]
+    if corners:
+        rings = [_drop_collinear((r + 1) // 2) for r in rings]
+    rings = [r + [left, top] for r in rings]
+    parent = hierarchy[0][:, 3]  # RETR_CCOMP: outer rings have none, a hole its outer ring
+    return [
+        [rings[i], *(rings[j] for j in np.flatnonzero(parent == i))]
+        for i in np.flatnonzero(parent < 0)
+    ]
 
 
-def join_polygons(parts: list[np.ndarray]) -> np.ndarray:
-    """Several (K_i, 2) rings -> one (K, 2) ring visiting all, joined by zero-width seams.
+def join_polygons(rings: list[np.ndarray]) -> np.ndarray:
+    """Several (K_i, 2) rings -> one (K, 2) ring through all, for formats with one polygon
+    per object (YOLO).
 
-    Consecutive parts are linked at their closest pair of points; the ring goes out
-    through each part to the last and comes back, so each seam is walked once each way
-    and adds no area (Ultralytics, `ultralytics/data/converter.py: merge_multi_segment`).
+    Each ring in turn is spliced into the ring so far at their closest pair of vertices,
+    by a zero-width seam walked there and back (a keyhole). Under an even-odd fill (as
+    `cv2.fillPoly` does) the seams add no area, so separate parts stay filled and holes
+    stay empty; with outer rings and holes running opposite ways (`mask_polygons`) a
+    nonzero-winding fill agrees. Ultralytics joins the parts of COCO polygons the same way
+    (`ultralytics/data/converter.py: merge_multi_segment`). A rasteriser that also fills
+    the pixels on the outline (cv2.fillPoly) fills a seam's pixels where it crosses the
+    background: a one-pixel line between separate parts.
     """
-    if len(parts) == 1:
-        return parts[0]
-    links = []  # (index leaving part i, index entering part i + 1)
-    for a, b in zip(parts, parts[1:]):
-        d = ((a[:, None, :].astype(np.int64) - b[None, :, :]) ** 2).sum(-1)
-        links.append(np.unravel_index(d.argmin(), d.shape))
-    out, back = [], []
-    for i, part in enumerate(parts):
-        start = links[i - 1][1] if i else links[0][0]  # where the ring enters this part
-        ring = np.roll(part, -start, axis=0)
-        if i in (0, len(parts) - 1):  # an end part: all the way round, back to its link
-            out.append(np.concatenate([ring, ring[:1]]))
-            continue
-        leave = (links[i][0] - start) % len(part)  # out along one arc, back along the other
-        out.append(ring[: leave + 1])
-        back.append(np.concatenate([ring[leave:], ring[:1]]))
-    return np.concatenate(out + back[::-1])
+    ring = rings[0]
+    for other in rings[1:]:
+        d = np.subtract.outer(ring[:, 0], other[:, 0]).astype(np.int64) ** 2
+        d += np.subtract.outer(ring[:, 1], other[:, 1]).astype(np.int64) ** 2
+        i, j = np.unravel_index(d.argmin(), d.shape)
+        other = np.roll(other, -j, axis=0)
+        ring = np.concatenate([ring[: i + 1], other, other[:1], ring[i:]])
+    return ring
 
 
 def category_ids(names: list[str]) -> dict[str, int]:
@@ -114,9 +153,23 @@ def _category(label: str, ids: dict[str, int]) -> int:
     return ids[label]
 
 
+def coco_polygons(mask: np.ndarray) -> list[list[float]] | None:
+    """(H, W) bool mask -> COCO polygons, [x1, y1, x2, y2, ...] pixel corners, one per part;
+    None where polygons cannot say the mask: one with a hole, which pycocotools' union of an
+    annotation's polygons would fill."""
+    parts = mask_polygons(mask)
+    if not parts or any(len(rings) > 1 or len(rings[0]) < 3 for rings in parts):
+        return None
+    return [rings[0].ravel().astype(float).tolist() for rings in parts]
+
+
 def coco_annotation(det: dict, category_id: int, polygons: bool) -> dict | None:
     """One detection of a per-image document -> a COCO annotation without ids, or None
-    when it has no mask pixels."""
+    when it has no mask pixels.
+
+    polygons=True: polygons where they can say the mask (`coco_polygons`), else its RLE;
+    `area` is pycocotools' area of the written segmentation (the mask's, both ways).
+    """
     from pycocotools import mask as mask_utils
 
     if not det.get("mask"):
@@ -125,13 +178,12 @@ def coco_annotation(det: dict, category_id: int, polygons: bool) -> dict | None:
     area = int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
     if area == 0:
         return None
-    if polygons:
-        parts = mask_polygons(decode_rle(rle))
-        if not parts:
-            return None
-        segmentation = [[round(float(v), 2) for v in p.ravel()] for p in parts]
-    else:
+    segmentation = coco_polygons(decode_rle(rle)) if polygons else None
+    if segmentation is None:
         segmentation = rle
+    else:
+        h, w = rle["size"]
+        area = int(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))))
     x1, y1, x2, y2 = det["box"]
     return {
         "category_id": category_id,
@@ -195,17 +247,38 @@ def write_coco(
     return summary
 
 
+def yolo_polygon(mask: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool mask -> one (K, 2) int XY ring of boundary pixel centres through all its
+    parts and holes (`join_polygons`), or None when the mask is empty.
+
+    A pixel (1 vertex) or a 1-px line (2) has its vertices repeated to 3, so that
+    Ultralytics reads the line as a polygon (it takes a line of 5 numbers for a box).
+    """
+    rings = [ring for part in mask_polygons(mask, corners=False) for ring in part]
+    if not rings:
+        return None
+    ring = join_polygons(rings)
+    return np.resize(ring, (max(len(ring), 3), 2))
+
+
 def yolo_lines(doc: dict, ids: dict[str, int]) -> tuple[list[str], int]:
     """A per-image document -> YOLO segmentation lines, and how many detections had no
-    mask to write."""
+    mask pixels to write.
+
+    Coordinates are normalised by the image's width and height, rounded to 6 decimals and
+    raised by one in the last: denormalised, each is its pixel centre plus 0.5-1.5
+    millionths of the image's size (under 0.02 px up to 10,000 px), never a hair below
+    it, so a reader that truncates (Ultralytics' `polygon2mask` casts to int32) gets the
+    same pixels as one that rounds.
+    """
     w, h = doc["width"], doc["height"]
     lines, left_out = [], 0
     for det in doc["detections"]:
-        parts = mask_polygons(decode_rle(det["mask"])) if det.get("mask") else []
-        if not parts:
+        ring = yolo_polygon(decode_rle(det["mask"])) if det.get("mask") else None
+        if ring is None:
             left_out += 1
             continue
-        xy = join_polygons(parts) / np.array([w, h], dtype=np.float64)  # normalised
+        xy = (np.round(ring / np.array([w, h], dtype=np.float64) * 1e6) + 1) / 1e6
         coords = " ".join(f"{v:.6f}" for v in xy.ravel())
         lines.append(f"{_category(det['label'], ids)} {coords}")
     return lines, left_out
