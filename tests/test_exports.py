@@ -1,6 +1,9 @@
 """COCO and YOLO datasets from per-image results, and labelled folder runs that resume."""
 
 import json
+import logging
+import os
+import shutil
 
 import cv2
 import numpy as np
@@ -9,6 +12,7 @@ import yaml
 from PIL import Image
 
 from vitsam.cli import main
+from vitsam.errors import VitsamError
 from vitsam.seg.exports import (
     Item,
     join_polygons,
@@ -17,7 +21,7 @@ from vitsam.seg.exports import (
     write_yolo,
     yolo_polygon,
 )
-from vitsam.seg.labelset import LabelSet, LabelSettings
+from vitsam.seg.labelset import LabelSet, LabelSettings, named_images
 from vitsam.seg.results import Detection, Segmentation
 
 H, W = 80, 120
@@ -246,8 +250,106 @@ def test_exif_rotated_original_becomes_an_upright_copy(tmp_path):
     labels.export([(src, "phone"), (plain, "plain")], ("coco",))
     upright = tmp_path / "out" / "images" / "phone.jpg"
     assert not upright.is_symlink() and Image.open(upright).size == (30, 40)
-    link = tmp_path / "out" / "images" / "plain.png"
-    assert link.is_symlink() and link.resolve() == plain.resolve()
+    placed = tmp_path / "out" / "images" / "plain.png"
+    assert not placed.is_symlink() and placed.read_bytes() == plain.read_bytes()
+
+
+def labelled_folder(tmp_path, n=8):
+    """n images in photos/ (two in a subfolder) with finished results in out/, no models."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = [folder / ("sub" if i < 2 else "") / f"{i}.png" for i in range(n)]
+    labels = LabelSet(tmp_path / "out", LabelSettings(prompt="cat"))
+    for path in paths:
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
+    entries = named_images([folder])
+    mask = np.zeros((30, 40), bool)
+    mask[5:20, 10:30] = True
+    for path, name in entries:
+        det = Detection("cat", 0.9, (10, 5, 30, 20), mask=mask, mask_score=0.8)
+        labels.add(name, Segmentation(str(path), 40, 30, "cat", "d", "s", [det]).to_json())
+    return labels, entries
+
+
+def test_the_default_dataset_is_self_contained_and_opens_after_a_move(tmp_path):
+    """supervision refuses images/ entries that resolve outside images/ (supervision #1114):
+    the default puts hard links or copies there, which also survive `cp -r` and a move."""
+    import supervision as sv
+
+    labels, entries = labelled_folder(tmp_path)
+    labels.export(entries, ("coco", "yolo"))
+    images = labels.root / "images"
+    assert len(list(images.iterdir())) == 8
+    assert not any(p.is_symlink() for p in images.iterdir())
+    moved = tmp_path / "elsewhere" / "dataset"
+    shutil.copytree(labels.root, moved, symlinks=True)  # cp -r: links would stay links
+    shutil.rmtree(tmp_path / "photos")
+    ds = sv.DetectionDataset.from_coco(str(moved / "images"), str(moved / "annotations.json"))
+    assert len(ds) == 8 and all(len(d) == 1 for _, _, d in ds)
+    yolo = sv.DetectionDataset.from_yolo(str(moved / "images"), str(moved / "labels"),
+                                         str(moved / "data.yaml"), force_masks=True)  # fmt: skip
+    assert len(yolo) == 8 and all(d.mask[0].sum() == 300 for _, _, d in yolo)
+
+
+def test_links_on_request_and_a_rerun_converts_what_is_there(tmp_path, caplog):
+    labels, entries = labelled_folder(tmp_path)
+    images = labels.root / "images"
+    labels.export(entries, ("coco",), image_mode="link")
+    links = sorted(images.iterdir())
+    assert len(links) == 8 and all(p.is_symlink() for p in links)
+    assert not any(os.path.isabs(os.readlink(p)) for p in links)  # relative: they move together
+    assert all(p.resolve() == loc.resolve() for p, (loc, _) in zip(links, sorted(entries)))
+    with caplog.at_level(logging.INFO, logger="vitsam"):
+        labels.export(entries, ("coco",), image_mode="copy")
+    assert not any(p.is_symlink() for p in images.iterdir())  # all 8, not 7 of 8
+    assert not any(os.path.samefile(p, loc) for p, (loc, _) in zip(sorted(images.iterdir()), sorted(entries)))
+    assert "8 images from an earlier run made copies" in caplog.text
+    labels.export(entries, ("coco",), image_mode="link")
+    assert all(p.is_symlink() for p in images.iterdir())
+    labels.export(entries, ("coco",))  # auto: hard links (or copies) in place of the links
+    assert not any(p.is_symlink() for p in images.iterdir())
+    with pytest.raises(VitsamError, match="image mode 'symlink'"):
+        labels.export(entries, ("coco",), image_mode="symlink")
+
+
+LEFTOVERS = {  # every kind of NAME.tmp a kill can leave between the steps of a write
+    "partial file": lambda tmp, original: tmp.write_bytes(b"\\x89PNG half"),
+    "link to an original": lambda tmp, original: os.symlink(original, tmp),
+    "dangling link": lambda tmp, original: os.symlink(original.with_name("gone.png"), tmp),
+    "folder": lambda tmp, original: tmp.mkdir(),
+}
+
+
+@pytest.mark.parametrize("leftover", LEFTOVERS)
+@pytest.mark.parametrize("mode", ["auto", "copy", "link"])
+def test_a_rerun_survives_any_temp_file_a_kill_left(tmp_path, leftover, mode):
+    labels, entries = labelled_folder(tmp_path, n=3)
+    labels.export(entries, ("coco", "yolo"), image_mode=mode)
+    out, make = labels.root, LEFTOVERS[leftover]
+    originals = {loc: loc.read_bytes() for loc, _ in entries}
+    written = [*(out / "images").iterdir(), *(out / "labels").iterdir(), *(out / "results").iterdir(),
+               out / "annotations.json", out / "data.yaml", out / "run.json"]  # fmt: skip
+    for path in [*(w.with_name(w.name + ".tmp") for w in written),
+                 out / "annotations.json.annotations.tmp"]:  # fmt: skip
+        make(path, entries[0][0])
+    # killed before the rename: the image of one and the result of another never landed
+    (out / "images" / f"{entries[0][1]}.png").unlink()
+    (out / "results" / f"{entries[1][1]}.json").unlink()
+    labels = LabelSet(out, LabelSettings(prompt="cat"))  # the rerun opens the folder again
+    assert not list(out.rglob("*.tmp"))
+    assert [name for _, name in labels.pending(entries)] == [entries[1][1]]
+    doc = labels.read(entries[0][1])
+    make(labels.result_path(entries[1][1]).with_name(f"{entries[1][1]}.json.tmp"), entries[1][0])
+    labels.add(entries[1][1], doc)  # over a leftover of this very write
+    make(out / "images" / f"{entries[0][1]}.png.tmp", entries[0][0])  # and of the next
+    labels.export(entries, ("coco", "yolo"), image_mode=mode)
+    assert not list(out.rglob("*.tmp"))
+    assert {loc: loc.read_bytes() for loc, _ in entries} == originals  # never written through
+    coco = json.loads((out / "annotations.json").read_text())
+    assert len(coco["images"]) == 3 and len(coco["annotations"]) == 3
+    for loc, name in entries:
+        assert (out / "images" / f"{name}.png").read_bytes() == originals[loc]
 
 
 def run_cli(models, *args):
@@ -287,7 +389,7 @@ def test_interrupted_folder_run_resumes_without_redoing_images(
     assert [i["file_name"] for i in coco["images"]] == ["a.png", "b.jpg", "sub__c.png"]
     assert [c["name"] for c in coco["categories"]] == ["cat", "dog"]
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.txt", "b.txt", "sub__c.txt"]
-    assert (out / "images" / "sub__c.png").resolve() == (folder / "sub" / "c.png").resolve()
+    assert (out / "images" / "sub__c.png").read_bytes() == (folder / "sub" / "c.png").read_bytes()
     assert not list(out.rglob("*.tmp"))
     doc = json.loads((out / "results" / "b.json").read_text())
     assert doc["image"] == str(folder / "b.jpg") and len(doc["detections"]) == 2

@@ -303,7 +303,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         failed = segment_folder(todo, lambda im: settings.segment(segmenter, im), outputs, show)
     print(f"{len(todo) - failed} of {len(todo)} images segmented; outputs in {outputs.out}")
     if labels:
-        _print_exports(labels.export(images, exports, args.polygons, args.copy_images))
+        _print_exports(labels.export(images, exports, args.polygons, args.image_mode))
     return 1 if failed else 0
 
 
@@ -352,7 +352,7 @@ def _segment_ray(args: argparse.Namespace, settings, formats, exports) -> int:
         device=args.device,
         precision=args.precision,
         polygons=args.polygons,
-        copy_images=args.copy_images,
+        image_mode=args.image_mode,
         progress=not args.quiet,
         on_result=show,
     )
@@ -600,8 +600,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--export", metavar="coco|yolo", help="build a dataset in --out (or both: coco,yolo)"
     )
     g.add_argument("--polygons", action="store_true", help="COCO masks as polygons, not RLE")
-    g.add_argument(
-        "--copy-images", action="store_true", help="copy images into the dataset, not links"
+    placing = g.add_mutually_exclusive_group()
+    placing.add_argument(
+        "--copy-images",
+        dest="image_mode",
+        action="store_const",
+        const="copy",
+        default="auto",
+        help="images/ gets copies of its own (default: hard links where the filesystem "
+        "allows, else copies)",
+    )
+    placing.add_argument(
+        "--link-images",
+        dest="image_mode",
+        action="store_const",
+        const="link",
+        help="images/ gets relative symbolic links to the originals (the dataset then "
+        "needs them beside it)",
     )
     g.add_argument(
         "--engine",

@@ -28,7 +28,6 @@ missing are left out of both and counted.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from vitsam.errors import VitsamError
+from vitsam.files import remove, replacing, write_atomic
 from vitsam.seg.results import decode_rle
 
 KINDS = ("coco", "yolo")
@@ -56,13 +56,6 @@ class ExportSummary:
     images: int = 0
     annotations: int = 0
     left_out: int = 0  # detections without a (non-empty) mask
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path` and rename it over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _drop_collinear(ring: np.ndarray) -> np.ndarray:
@@ -211,6 +204,7 @@ def write_coco(
     summary = ExportSummary(path)
     images = []
     spool = path.with_name(path.name + ".annotations.tmp")
+    remove(spool)  # a kill's leftover, maybe a link: never written through
     with open(spool, "w") as f:
         for image_id, item in enumerate(items, start=1):
             doc = item.doc
@@ -237,12 +231,10 @@ def write_coco(
         "categories": [{"id": i, "name": n, "supercategory": ""} for n, i in ids.items()],
         "images": images,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as out, open(spool) as anns:
+    with replacing(path) as tmp, open(tmp, "w") as out, open(spool) as anns:
         out.write(json.dumps(head)[:-1] + ',\n"annotations": [\n')
         shutil.copyfileobj(anns, out)
         out.write("]}\n")
-    os.replace(tmp, path)
     spool.unlink()
     return summary
 

@@ -2,7 +2,7 @@
 
     OUT/run.json            the settings the labels are made with (a rerun must match)
     OUT/results/NAME.json   one per finished image (written whole, then renamed into place)
-    OUT/images/NAME.ext     links to (or copies of) the originals, for the datasets
+    OUT/images/NAME.ext     the originals (hard links or copies; links if asked), for the datasets
     OUT/annotations.json    COCO                     OUT/labels/, OUT/data.yaml   YOLO
 
 Both engines (the local loop in `vitsam segment` and Ray) write through a LabelSet: an
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -23,12 +24,18 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, ImageOps
 
 from vitsam.errors import VitsamError
+from vitsam.files import TEMP_SUFFIX, remove, replacing, write_atomic
 from vitsam.images import list_images
-from vitsam.seg.exports import ExportSummary, Item, write_atomic, write_coco, write_yolo
+from vitsam.seg.exports import ExportSummary, Item, write_coco, write_yolo
 from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 
 Entry = tuple[Path | str, str]  # (a local path or a URI, the image's output name)
 EXIF_ORIENTATION = 0x0112
+# How local originals go into OUT/images/: "auto" a hard link where the filesystem allows,
+# else a copy (a self-contained dataset either way); "copy" always a copy of its own;
+# "link" a relative symbolic link (small, but breaks when the dataset moves without them).
+IMAGE_MODES = ("auto", "copy", "link")
+log = logging.getLogger("vitsam")
 
 
 @dataclass
@@ -126,6 +133,9 @@ class LabelSet:
                     "use another --out, or delete that folder to start over"
                 )
         self.results.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.results, self.images, self.root / "labels"):
+            for stale in folder.glob(f"*{TEMP_SUFFIX}") if folder.is_dir() else ():
+                remove(stale)  # what a kill left mid-write (a file, a link): never ours to keep
         if not manifest.exists():
             write_atomic(manifest, json.dumps(mine, indent=1) + "\n")
 
@@ -160,18 +170,25 @@ class LabelSet:
         entries: list[Entry],
         kinds: tuple[str, ...],
         polygons: bool = False,
-        copy_images: bool = False,
+        image_mode: str = "auto",
     ) -> list[ExportSummary]:
         """Rebuild each dataset kind ('coco', 'yolo') from the results of `entries` that
-        are done, in entry order; local images are linked (or copied) into images/."""
+        are done, in entry order; local images are put into images/ as `image_mode` says
+        (IMAGE_MODES; what an earlier run left in another mode is converted)."""
         done = [(loc, name) for loc, name in entries if self.result_path(name).exists()]
         if not kinds:
             return []
         self.images.mkdir(exist_ok=True)
+        converted = 0
         for location, name in done:
             dest = self.images / f"{name}{suffix(location)}"
-            if not os.path.lexists(dest) and Path(location).is_file():
-                _place_file(Path(location), dest, copy_images)
+            if Path(location).is_file():
+                converted += place_image(Path(location), dest, image_mode) == "converted"
+            elif not os.path.lexists(dest) and not isinstance(location, str):
+                log.warning("%s: gone, so it is not in images/", location)
+        if converted:
+            what = {"auto": "files", "copy": "copies", "link": "relative links"}[image_mode]
+            log.info("images/: %d images from an earlier run made %s", converted, what)
 
         def items() -> Iterator[Item]:
             for location, name in done:
@@ -203,29 +220,59 @@ def _upright(image: Image.Image) -> Image.Image | None:
 
 
 def _save_upright(image: Image.Image, upright: Image.Image, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".tmp")
     options = {"quality": 95} if image.format == "JPEG" else {}
-    upright.save(tmp, format=image.format, **options)
-    os.replace(tmp, dest)
+    with replacing(dest) as tmp:
+        upright.save(tmp, format=image.format, **options)
 
 
-def _place_file(src: Path, dest: Path, copy: bool) -> None:
-    """Link (or copy) an original into images/. An EXIF-rotated original is written
+def _is_placed(src: Path, dest: Path, mode: str) -> bool:
+    """`dest` already is what `mode` makes of `src` (a file of ours counts for 'auto')."""
+    if dest.is_symlink():
+        target = os.readlink(dest)
+        return mode == "link" and not os.path.isabs(target) and dest.resolve() == src.resolve()
+    if not dest.is_file():
+        return False
+    if mode == "auto":
+        return True
+    own = not os.path.samefile(src, dest)  # a copy (or an upright re-encode), not a hard link
+    return own if mode == "copy" else False
+
+
+def place_image(src: Path, dest: Path, mode: str = "auto") -> str:
+    """Put an original into images/ as `mode` says (IMAGE_MODES), converting whatever a
+    run with another mode left at `dest`. An EXIF-rotated original is always written
     upright instead, because the masks are made on the upright image and not every
-    reader (torchvision's CocoDetection) applies the EXIF orientation."""
+    reader (torchvision's CocoDetection) applies the EXIF orientation.
+
+    Returns 'kept' (already right), 'placed' (new) or 'converted'.
+    """
+    if mode not in IMAGE_MODES:
+        raise VitsamError(f"image mode {mode!r}: use one of {', '.join(IMAGE_MODES)}")
+    if _is_placed(src, dest, mode):
+        return "kept"
+    existed = os.path.lexists(dest)
     with Image.open(src) as image:
         upright = _upright(image)
         if upright is not None:
-            return _save_upright(image, upright, dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    if not copy:
-        try:
-            os.symlink(src.resolve(), tmp)
-            return os.replace(tmp, dest)
-        except OSError:  # no symlinks here (Windows without the privilege): copy
-            pass
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+            if existed and _is_placed(src, dest, "copy"):
+                return "kept"  # the upright copy of an earlier run
+            _save_upright(image, upright, dest)
+            return "converted" if existed else "placed"
+    source = src.resolve()
+    with replacing(dest) as tmp:
+        if mode == "link":
+            try:  # relative: the dataset and its inputs may move together
+                os.symlink(os.path.relpath(source, dest.parent.resolve()), tmp)
+            except OSError:  # no symlinks here (Windows without the privilege): copy
+                shutil.copyfile(source, tmp)
+        elif mode == "auto":
+            try:
+                os.link(source, tmp)
+            except OSError:  # another filesystem, or one without hard links: copy
+                shutil.copyfile(source, tmp)
+        else:
+            shutil.copyfile(source, tmp)
+    return "converted" if existed else "placed"
 
 
 def _place_bytes(data: bytes, dest: Path) -> None:
@@ -236,6 +283,4 @@ def _place_bytes(data: bytes, dest: Path) -> None:
         upright = _upright(image)
         if upright is not None:
             return _save_upright(image, upright, dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    write_atomic(dest, data)

@@ -135,7 +135,7 @@ def label_with_ray(
     cpus_per_worker: float = 1.0,
     batch_size: int = 1,
     polygons: bool = False,
-    copy_images: bool = False,
+    image_mode: str = "auto",
     progress: bool = False,
     on_result: OnResult | None = None,
 ) -> LabelReport:
@@ -178,7 +178,7 @@ def label_with_ray(
                     labels.add(name, doc, data, PurePosixPath(str(location)).suffix)
                 if on_result is not None:
                     on_result(str(location), doc, error)
-    summaries = labels.export(entries, exports, polygons, copy_images)
+    summaries = labels.export(entries, exports, polygons, image_mode)
     return LabelReport(len(entries), len(entries) - len(todo), failed, labels.results, summaries)
 
 

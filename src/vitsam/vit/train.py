@@ -6,7 +6,6 @@ import copy
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from vitsam.devices import choose_precision, resolve_device, seed_everything
 from vitsam.errors import VitsamError
+from vitsam.files import replacing
 from vitsam.vit import augment, distributed
 from vitsam.vit.config import TrainConfig, eval_precision_name, from_dict, to_dict, to_json
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
@@ -105,10 +105,9 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save whole or not at all (vitsam.files: a crash never leaves half a file)."""
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -685,7 +684,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with replacing(path, path.with_name(path.stem + ".tmp.png")) as tmp:  # format from suffix
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
