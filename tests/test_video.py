@@ -11,7 +11,7 @@ from PIL import Image
 
 from vitsam.cli import main
 from vitsam.errors import VitsamError
-from vitsam.seg.results import Detection, decode_rle
+from vitsam.seg.results import Detection, decode_rle, draw_overlay
 from vitsam.seg.tracking import CpuPostprocessing, DetectTrackSam2, mask_iou
 from vitsam.seg.video import VideoSegmenter
 from vitsam.seg.videoio import FramesJson, VideoReader
@@ -79,6 +79,77 @@ def test_reader_streams_each_container(tmp_path, suffix, codec):
     assert frames[1].time == pytest.approx(5 / FPS, abs=1e-3) and frames[0].image.size == (W, H)
     red = np.asarray(frames[1].image)[55, 40]  # inside the square on frame 5
     assert red[0] > 180 and red[1] < 80
+
+
+def upright(w: int, h: int) -> np.ndarray:
+    """A w x h picture as a viewer should see it: a wide red bar at the top left and a blue
+    square at the bottom left, so that each of the 8 turns and flips looks different."""
+    img = np.full((h, w, 3), 110, np.uint8)
+    img[6:22, 8:56] = RED
+    img[h - 30 : h - 10, 8:28] = BLUE
+    return img
+
+
+def write_turned(path, ccw: int, hflip: bool = False, n: int = 3):
+    """A clip whose display matrix turns it `ccw` degrees counter-clockwise (PyAV's and
+    VideoFrame.rotation's sign; a phone's portrait clip is -90), then mirrors it, coded so
+    that it shows upright(W or H, H or W): its coded frames are W x H whatever the turn."""
+    k = ccw // 90 % 4
+    shown = upright(*((H, W) if k % 2 else (W, H)))
+    coded = np.ascontiguousarray(np.rot90(shown[:, ::-1] if hflip else shown, -k))
+    assert coded.shape == (H, W, 3)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.set_display_rotation(ccw, hflip=hflip)
+        for _ in range(n):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(coded, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path, shown
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("ccw,hflip,rotation", [
+    (-90, False, 90), (90, False, 270), (180, False, 180),
+    (0, True, 0), (-90, True, 90), (180, True, 180),
+])  # fmt: skip
+def test_reader_shows_frames_as_their_display_matrix_says(tmp_path, suffix, ccw, hflip, rotation):
+    path, shown = write_turned(tmp_path / f"turned{suffix}", ccw, hflip)
+    with av.open(str(path)) as container:  # PyAV reports counter-clockwise degrees
+        reported = next(container.decode(video=0)).rotation
+    assert hflip or ((reported - ccw) % 360 == 0 and rotation == -ccw % 360)
+    with VideoReader(path) as reader:
+        assert (reader.info.rotation, reader.info.mirrored) == (rotation, hflip)
+        assert (reader.info.width, reader.info.height) == (shown.shape[1], shown.shape[0])
+        frames = list(reader.frames())
+    assert [f.image.size for f in frames] == [(reader.info.width, reader.info.height)] * 3
+    image = np.asarray(frames[-1].image).astype(int)
+    assert np.abs(image - shown).mean() < 6  # where a viewer sees the bar and the square
+    red, blue = image[14, 30], image[shown.shape[0] - 20, 18]
+    assert red[0] > 180 > 80 > red[2] and blue[2] > 180 > 80 > blue[0]
+
+
+def test_phone_portrait_clip_is_segmented_upright(video_models, tmp_path):
+    """Coded 160x120 and turned 90 degrees clockwise to show (a phone held upright)."""
+    clip, shown = write_turned(tmp_path / "phone.mp4", -90, n=4)
+    out = tmp_path / "out"
+    assert segment(video_models, clip, "--box", "8,6,56,22", "--out", out) == 0
+    doc = json.loads((out / "phone.json").read_text())
+    assert (doc["width"], doc["height"], doc["rotation"], doc["mirrored"]) == (H, W, 90, False)
+    assert doc["frames_processed"] == 4
+    masks = [decode_rle(d["mask"]) for f in doc["frames"] for d in f["detections"]]
+    assert len(doc["frames"][0]["detections"]) == 1 and {m.shape for m in masks} == {(W, H)}
+    frames, _, size = decode(out / "phone.overlay.mp4")
+    assert size == (H, W) and len(frames) == 4 and frames[0].shape == (W, H, 3)
+    d = doc["frames"][0]["detections"][0]  # the overlay is drawn on the upright frame
+    mask = decode_rle(d["mask"]).astype(bool)
+    track = Detection(d["label"], d["score"], d["box"], mask)
+    drawn = np.asarray(draw_overlay(Image.fromarray(shown), [track], ids=[d["track_id"]]))
+    for region in np.s_[6:22, 8:56], np.s_[W - 30 : W - 10, 8:28]:  # the bar, the square
+        seen, meant = frames[0][region].mean((0, 1)), drawn[region].mean((0, 1))
+        assert np.abs(seen - meant).max() < 25  # (mirrored or turned: 40 and more)
 
 
 def test_box_tracking_writes_overlay_and_json(video_models, clip, tmp_path):

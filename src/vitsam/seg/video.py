@@ -102,11 +102,14 @@ class VideoSegmenter:
     ) -> VideoResult:
         """Write NAME.overlay.mp4 (masks, ids and labels drawn; fps / stride) and NAME.json.
 
-        NAME.json: the video's size, fps and declared frame count, then per processed frame
-        its index, time (s) and detections (track_id, label, score, XYXY box, COCO RLE mask).
-        A bad stream mid-way stops the run with what was done kept: both files are valid
-        and the JSON says where and why it stopped (`VideoResult.stopped` too). An error
-        before the first frame (missing, unreadable, no video stream) raises VitsamError.
+        NAME.json: the video's size as displayed (upright: `rotation`, clockwise degrees,
+        and `mirrored` say what was done to the decoded frames; boxes and masks are on the
+        upright frames), fps and declared frame count, then per processed frame its index,
+        time (s) and detections (track_id, label, score, XYXY box, COCO RLE mask). A bad
+        stream mid-way stops the run with what was done kept: both files are valid and the
+        JSON says where and why it stopped (`VideoResult.stopped` too). An error before the
+        first frame (missing, unreadable, no video stream, first frame undecodable) raises
+        VitsamError.
         """
         self.tracker.start(prompt, boxes)  # bad prompts and boxes fail before any file is made
         reader = VideoReader(video, fps)
@@ -116,6 +119,7 @@ class VideoSegmenter:
         result = VideoResult(info, 0)
         header = {
             "video": info.path, "width": info.width, "height": info.height,
+            "rotation": info.rotation, "mirrored": info.mirrored,
             "fps": round(info.fps, 3), "frame_count": info.frame_count, "prompt": prompt,
             "detector": self.tracker.detector_name if boxes is None else "",
             "segmenter": self.tracker.name, "stride": stride, "max_frames": max_frames,

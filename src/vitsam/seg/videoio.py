@@ -8,6 +8,7 @@ Nothing here holds more than one frame: a ten-minute 1080p clip costs one frame 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ class VideoInfo:
     height: int
     fps: float  # frames per second
     frame_count: int | None  # as the container declares it (None: it does not say)
+    # Clockwise degrees (0 90 180 270) applied to decoded frames to show them upright, as
+    # the display matrix says (a phone's portrait clip: 90), then a left-right flip where
+    # `mirrored`. width and height are those of the upright frames.
+    rotation: int = 0
+    mirrored: bool = False
 
     def frames_to_process(self, stride: int = 1, max_frames: int | None = None) -> int | None:
         """How many frames `frames(stride, max_frames)` should give (None: unknown)."""
@@ -65,9 +71,12 @@ def _av():
 class VideoReader:
     """A video file (.mp4 .mov .webm .mkv ...) or a folder of frames, one frame at a time.
 
+    Frames come upright, as a player shows them: a display matrix (rotation, mirroring;
+    what phones write) is applied, as EXIF orientation is for images.
+
     Raises VitsamError, naming the file, when it is missing, not a video, has no video
-    stream or a codec FFmpeg cannot decode; `frames()` raises it for a corrupt or truncated
-    stream at the frame where decoding stopped.
+    stream, a codec FFmpeg cannot decode or a first frame it cannot decode; `frames()`
+    raises it for a corrupt or truncated stream at the frame where decoding stopped.
     """
 
     def __init__(self, source: str | Path, fps: float | None = None) -> None:
@@ -76,6 +85,8 @@ class VideoReader:
             raise VitsamError(f"{self.source}: no such file or folder")
         self._files: list[Path] = []
         self._container = None
+        self._first = None  # the first decoded frame, read ahead for its display matrix
+        self._upright: Image.Transpose | None = None
         if self.source.is_dir():
             self.info = self._open_folder(fps or FOLDER_FPS)
         else:
@@ -117,8 +128,28 @@ class VideoReader:
             else:
                 seconds = (self._container.duration or 0) / 1_000_000
             count = round(seconds * fps) or None
+        # The display matrix is side data of the stream, which PyAV hands out only on
+        # decoded frames: the first one is decoded now, and handed out first by _decoded.
+        self._decoder = self._container.decode(stream)
+        self._first = self._next_frame(0)
+        rotation, mirrored = _orientation(self._first, stream)
+        self._upright = _TRANSPOSE[rotation, mirrored]
         ctx = stream.codec_context
-        return VideoInfo(str(self.source), ctx.width, ctx.height, fps, count)
+        width, height = ctx.width, ctx.height
+        if rotation in (90, 270):
+            width, height = height, width
+        return VideoInfo(str(self.source), width, height, fps, count, rotation, mirrored)
+
+    def _next_frame(self, index: int):
+        """The next decoded av.VideoFrame (None at the end); `index`: its place, for errors."""
+        av = _av()
+        try:
+            return next(self._decoder, None)
+        except av.error.FFmpegError as e:
+            self.close()
+            raise VitsamError(
+                f"{self.source}: corrupt video: decoding failed at frame {index} ({_reason(e)})"
+            ) from None
 
     def frames(self, stride: int = 1, max_frames: int | None = None) -> Iterator[Frame]:
         """Every `stride`-th frame, at most `max_frames` of them, decoded as they are needed."""
@@ -144,17 +175,13 @@ class VideoReader:
                     )
                 yield index, index / self.info.fps, image
             return
-        av = _av()
-        index = 0
-        try:
-            for frame in self._container.decode(self._stream):
-                time = float(frame.time) if frame.time is not None else index / self.info.fps
-                yield index, time, frame.to_image()
-                index += 1
-        except av.error.FFmpegError as e:
-            raise VitsamError(
-                f"{self.source}: corrupt video: decoding failed at frame {index} ({_reason(e)})"
-            ) from None
+        index, frame, self._first = 0, self._first, None
+        while frame is not None:
+            time = float(frame.time) if frame.time is not None else index / self.info.fps
+            image = frame.to_image()
+            yield index, time, image if self._upright is None else image.transpose(self._upright)
+            index += 1
+            frame = self._next_frame(index)
         expected = self.info.frame_count
         if index == 0 and not expected:
             raise VitsamError(f"{self.source}: the video has no frames")
@@ -248,6 +275,47 @@ class FramesJson:
         self._file.write("\n ],\n" + json.dumps(tail, indent=1)[2:] + "\n")
         self._file.truncate()
         self._file.flush()
+
+
+# (clockwise degrees, then mirrored left-right) -> the PIL transpose that does both
+_TRANSPOSE = {
+    (0, False): None,
+    (90, False): Image.Transpose.ROTATE_270,  # PIL's ROTATE_* turn counter-clockwise
+    (180, False): Image.Transpose.ROTATE_180,
+    (270, False): Image.Transpose.ROTATE_90,
+    (0, True): Image.Transpose.FLIP_LEFT_RIGHT,
+    (90, True): Image.Transpose.TRANSPOSE,
+    (180, True): Image.Transpose.FLIP_TOP_BOTTOM,
+    (270, True): Image.Transpose.TRANSVERSE,
+}
+
+
+def _orientation(frame, stream) -> tuple[int, bool]:
+    """(clockwise degrees 0 90 180 270, mirrored) that show `frame` (av.VideoFrame) upright.
+
+    From the frame's DISPLAYMATRIX side data (FFmpeg attaches the stream's to every decoded
+    frame), as ffplay and ffmpeg -autorotate read it; else from the `rotate` tag (clockwise
+    degrees) that older FFmpeg builds put in the stream's metadata. The matrix is 3x3 int32,
+    a b u / c d v / x y w, a-d in 16.16 fixed point, mapping a coded pixel (p, q) to
+    (a p + c q, b p + d q): a rotation by t clockwise is cos t, sin t / -sin t, cos t, and
+    mirroring after it negates a and c. An angle that is not a multiple of 90 degrees is
+    taken to the nearest one: ffplay rotates by it exactly, corners cut, which would not
+    keep the frame's size.
+    """
+    from av.sidedata.sidedata import Type
+
+    data = frame.side_data.get(Type.DISPLAYMATRIX) if frame is not None else None
+    if data is not None and len(data := bytes(data)) >= 36:
+        a, b, _, c, d = np.frombuffer(data, dtype=np.int32, count=5).tolist()  # native-endian
+        if a * d == b * c:  # singular: FFmpeg finds no angle in it either
+            return 0, False
+        degrees, mirrored = math.degrees(math.atan2(b, d)), a * d < b * c
+    else:
+        try:
+            degrees, mirrored = float(stream.metadata.get("rotate") or 0), False
+        except ValueError:
+            return 0, False
+    return round(degrees / 90) % 4 * 90, mirrored
 
 
 def _natural(text: str) -> list:
