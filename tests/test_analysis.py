@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vitsam.cli import main
+from vitsam.images import example_images
 from vitsam.vit import train as training
 from vitsam.vit.analysis import (
     SweepSpec,
@@ -164,7 +165,7 @@ def test_attention_command_draws_maps(tmp_path, capsys):
             [
                 "attention",
                 str(tmp_path / "run"),
-                "examples/ring.png",
+                str(example_images()[1]),
                 "--out",
                 str(tmp_path / "att"),
             ]

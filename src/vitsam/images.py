@@ -8,10 +8,11 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vitsam.errors import VitsamError
 
@@ -21,6 +22,50 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 # decoded, and a decompression bomb (a few kB claiming gigapixels) is refused before that.
 MAX_PIXELS = 250_000_000
 MAX_PIXELS_ENV = "VITSAM_MAX_PIXELS"
+
+
+ORIENTATION = ExifTags.Base.Orientation  # the EXIF tag (0x0112)
+
+
+def upright(image: Image.Image) -> Image.Image | None:
+    """The image as it is displayed when its EXIF orientation (2-8) says to turn or mirror
+    it, else None (no tag, 1, or a value outside the standard's 1-8)."""
+    if image.getexif().get(ORIENTATION, 1) not in range(2, 9):
+        return None
+    return ImageOps.exif_transpose(image)
+
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+def as_image(image: ImageLike) -> tuple[Image.Image, str]:
+    """A path, PIL image or HWC uint8 array -> (RGB PIL image, a name for reports).
+
+    One rule on every interface: the image as it is displayed. Files are read with
+    open_image (EXIF orientation applied); a PIL image still carrying an EXIF orientation
+    tag (as Image.open returns a phone photo) is turned upright the same way, and one
+    already upright is unchanged; arrays have no EXIF and are taken as they are.
+    """
+    if isinstance(image, (str, Path)):
+        return open_image(image), str(image)
+    if isinstance(image, Image.Image):
+        name = getattr(image, "filename", "") or "<image>"
+        return to_rgb(upright(image) or image), name
+    if isinstance(image, np.ndarray):
+        if (
+            image.dtype != np.uint8
+            or image.ndim not in (2, 3)
+            or (image.ndim == 3 and image.shape[2] not in (1, 3, 4))
+        ):
+            raise VitsamError(
+                f"array image must be HxW or HxWxC (C = 1, 3, 4) uint8, got {image.dtype} {image.shape}"
+            )
+        return to_rgb(
+            Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[2] == 1 else image)
+        ), "<array>"
+    raise VitsamError(
+        f"cannot read an image from a {type(image).__name__}: give a path, PIL image or array"
+    )
 
 
 def is_image_path(path: Path) -> bool:
@@ -116,7 +161,7 @@ def decode_image(
                 if im.width * im.height > limit:
                     raise _too_large(name, f"{im.width}x{im.height}", im.width * im.height, limit)
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                im = upright(im) or im
     except VitsamError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -135,6 +180,14 @@ def _too_large(name: str, size: str, pixels: int, limit: int) -> VitsamError:
         f"{name}: {size} is {pixels / 1e6:.0f} megapixels, over the {limit / 1e6:.0f}-megapixel "
         f"limit: downscale it, or raise the limit with --max-pixels N or {MAX_PIXELS_ENV}=N"
     )
+
+
+def example_images() -> list[Path]:
+    """The example pictures shipped inside the package (vitsam/examples/*.png, for the
+    page and the README's first command), found through importlib.resources so that an
+    installed wheel has them too."""
+    folder = resources.files("vitsam") / "examples"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".png"))
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:

@@ -8,8 +8,6 @@ the phrases given, exactly.
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 
 import numpy as np
 import torch
@@ -19,38 +17,10 @@ from vitsam.errors import VitsamError
 from vitsam.seg.deformable import use_gather_attention
 from vitsam.seg.precision import Fp32Fallback
 from vitsam.seg.registry import DETECTORS, resolve, with_hub_errors
+from vitsam.seg.request import SEPARATORS, normalize_text, split_prompt  # noqa: F401
 from vitsam.seg.results import Detection
 
 log = logging.getLogger("vitsam")
-# Phrases are separated by periods (Grounding DINO's convention), commas (how people
-# write lists) and line breaks.
-SEPARATORS = re.compile(r"[.,]")
-
-
-def normalize_text(text: str) -> str:
-    """NFKC; line breaks become '.'; other control and format characters (zero-width space,
-    BOM, soft hyphen, ...) are dropped, so invisible characters cannot change a prompt."""
-    text = ".".join(unicodedata.normalize("NFKC", text).splitlines())
-    return "".join(
-        " " if c.isspace() else c
-        for c in text
-        if c.isspace() or not unicodedata.category(c).startswith("C")
-    )
-
-
-def split_prompt(prompt: str) -> list[str]:
-    """'Cat, remote control.' -> ['cat', 'remote control']: phrases are separated by '.',
-    ',' or line breaks; lower-case, normalised (see normalize_text), no empties or repeats.
-
-    Raises VitsamError when no phrase is left.
-    """
-    if not isinstance(prompt, str):
-        raise VitsamError(f"a prompt is a string of phrases, not a {type(prompt).__name__}")
-    phrases = [" ".join(p.split()).lower() for p in SEPARATORS.split(normalize_text(prompt))]
-    phrases = list(dict.fromkeys(p for p in phrases if p))
-    if not phrases:
-        raise VitsamError("empty prompt: give at least one phrase, e.g. 'cat. remote control'")
-    return phrases
 
 
 class Detector(Fp32Fallback):

@@ -21,16 +21,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from vitsam.errors import VitsamError
 from vitsam.files import TEMP_SUFFIX, remove, replacing, write_atomic
-from vitsam.images import list_images
+from vitsam.images import list_images, upright
 from vitsam.seg.exports import ExportSummary, Item, write_coco, write_yolo
 from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+from vitsam.seg.request import (
+    BOX_THRESHOLD,
+    MAX_DETECTIONS,
+    NMS_IOU,
+    TEXT_THRESHOLD,
+    check_boxes,
+    split_prompt,
+)
 
 Entry = tuple[Path | str, str]  # (a local path or a URI, the image's output name)
-EXIF_ORIENTATION = 0x0112
 # How local originals go into OUT/images/: "auto" a hard link where the filesystem allows,
 # else a copy (a self-contained dataset either way); "copy" always a copy of its own;
 # "link" a relative symbolic link (small, but breaks when the dataset moves without them).
@@ -46,19 +53,16 @@ class LabelSettings:
     boxes: list[list[float]] = field(default_factory=list)  # XYXY pixels: no detector
     detector: str = DEFAULT_DETECTOR
     segmenter: str = DEFAULT_SEGMENTER
-    box_threshold: float = 0.35
-    text_threshold: float = 0.25
-    nms_iou: float = 0.0
-    max_detections: int = 100
+    box_threshold: float = BOX_THRESHOLD
+    text_threshold: float = TEXT_THRESHOLD
+    nms_iou: float = NMS_IOU
+    max_detections: int = MAX_DETECTIONS
 
     def categories(self) -> list[str]:
-        from vitsam.seg.detect import split_prompt
-
         return ["box"] if self.boxes else split_prompt(self.prompt)
 
     def check(self) -> None:
         """Raise VitsamError for an empty prompt, a bad box or an unknown model name."""
-        from vitsam.seg.pipeline import check_boxes
         from vitsam.seg.registry import DETECTORS, SEGMENTERS, resolve
 
         if self.boxes:
@@ -212,17 +216,10 @@ def parse_exports(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(kinds))
 
 
-def _upright(image: Image.Image) -> Image.Image | None:
-    """The image turned upright when its EXIF orientation says so, else None."""
-    if image.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
-        return None
-    return ImageOps.exif_transpose(image)
-
-
-def _save_upright(image: Image.Image, upright: Image.Image, dest: Path) -> None:
+def _save_upright(image: Image.Image, turned: Image.Image, dest: Path) -> None:
     options = {"quality": 95} if image.format == "JPEG" else {}
     with replacing(dest) as tmp:
-        upright.save(tmp, format=image.format, **options)
+        turned.save(tmp, format=image.format, **options)
 
 
 def _is_placed(src: Path, dest: Path, mode: str) -> bool:
@@ -252,11 +249,11 @@ def place_image(src: Path, dest: Path, mode: str = "auto") -> str:
         return "kept"
     existed = os.path.lexists(dest)
     with Image.open(src) as image:
-        upright = _upright(image)
-        if upright is not None:
+        turned = upright(image)
+        if turned is not None:
             if existed and _is_placed(src, dest, "copy"):
                 return "kept"  # the upright copy of an earlier run
-            _save_upright(image, upright, dest)
+            _save_upright(image, turned, dest)
             return "converted" if existed else "placed"
     source = src.resolve()
     with replacing(dest) as tmp:
@@ -280,7 +277,7 @@ def _place_bytes(data: bytes, dest: Path) -> None:
     import io
 
     with Image.open(io.BytesIO(data)) as image:
-        upright = _upright(image)
-        if upright is not None:
-            return _save_upright(image, upright, dest)
+        turned = upright(image)
+        if turned is not None:
+            return _save_upright(image, turned, dest)
     write_atomic(dest, data)

@@ -22,6 +22,7 @@ class MaskPredictor(Fp32Fallback):
     # Mask pixels upsampled at once when decoding: bounds peak memory on large images
     # (a 6000x4000 image takes 2 masks per chunk, ~200 MB of float32, not 100 masks, ~9 GB).
     chunk_pixels = 2**26
+    text_native = False  # segments the boxes it is given
 
     def __init__(self, name: str, kind: str, model, processor, device, dtype) -> None:
         self.name, self.kind, self.processor = name, kind, processor

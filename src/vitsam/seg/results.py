@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vitsam.errors import VitsamError
+from vitsam.images import as_image
 
 # Distinct, saturated colours (Tableau 10), cycled for more detections.
 PALETTE = [
@@ -113,8 +114,6 @@ class Segmentation:
     def overlay(self, image, alpha: float = 0.45) -> Image.Image:
         """The result drawn over `image` (path, PIL image or array, read upright as
         `segment` reads it). Raises VitsamError when its size is not the result's."""
-        from vitsam.seg.pipeline import as_image
-
         picture, _ = as_image(image)
         if picture.size != (self.width, self.height):
             raise VitsamError(
@@ -195,6 +194,18 @@ def _font(size: int):
 
 
 FORMATS = ("overlay", "masks", "json")
+
+
+def parse_formats(text: str, allowed: tuple[str, ...], what: str = "") -> tuple[str, ...]:
+    """'overlay,json' -> ('overlay', 'json'), in the order given, each one of `allowed`.
+
+    Raises VitsamError for an unknown or empty list (`what`: 'for a video', in the message).
+    """
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    if not formats or set(formats) - set(allowed):
+        where = f"{what}, " if what else ""
+        raise VitsamError(f"{where}--format takes a comma list of {','.join(allowed)}; got {text!r}")
+    return formats
 
 
 def save(

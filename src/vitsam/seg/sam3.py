@@ -16,6 +16,7 @@ from PIL import Image
 from vitsam.errors import VitsamError
 from vitsam.seg.precision import Mixed
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
+from vitsam.seg.request import no_box_prompts
 from vitsam.seg.results import Detection
 
 MAX_TOKENS = 32  # SAM 3's text encoder context (the processor pads every phrase to it)
@@ -30,6 +31,7 @@ class Sam3Segmenter(Mixed):
     """
 
     kind = "sam3"
+    text_native = True  # finds objects from the text: no detector before it
 
     def __init__(self, name: str, model, processor, device: torch.device, dtype: torch.dtype):
         self.name, self.processor = name, processor
@@ -109,13 +111,6 @@ class Sam3Segmenter(Mixed):
     def set_image(self, image: Image.Image) -> None:
         """SAM 3 takes no box prompts here: raises VitsamError saying what does."""
         raise no_box_prompts(self.name)
-
-
-def no_box_prompts(name: str) -> VitsamError:
-    return VitsamError(
-        f"{name} finds objects from a text prompt; box prompts need a SAM or SAM 2 segmenter "
-        "(e.g. --segmenter sam2.1-tiny)"
-    )
 
 
 def _slice(text, i: int):

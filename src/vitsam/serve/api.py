@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from vitsam import __version__
 from vitsam.errors import VitsamError
 from vitsam.images import decode_image
+from vitsam.seg.request import BOX_THRESHOLD, MAX_DETECTIONS, MAX_DETECTIONS_LIMIT, TEXT_THRESHOLD
 from vitsam.serve.auth import TokenGuard
 from vitsam.serve.service import Busy, NotReady, SegmentService
 
@@ -63,7 +64,12 @@ async def _too_large(limit: int, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 20) -> FastAPI:
+MAX_UPLOAD_MB = 20.0  # the largest request body, megabytes (2**20 bytes)
+
+
+def create_app(
+    service: SegmentService, token: str = "", max_upload_mb: float = MAX_UPLOAD_MB
+) -> FastAPI:
     app = FastAPI(
         title="vitsam segmentation API",
         version=__version__,
@@ -92,9 +98,9 @@ def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 
         prompt: str = Form(
             "", description="phrases separated by '.' or ',', e.g. 'cat. remote control'"
         ),
-        box_threshold: float = Form(0.35, ge=0.0, le=1.0),
-        text_threshold: float = Form(0.25, ge=0.0, le=1.0),
-        max_detections: int = Form(100, ge=0, le=1000),
+        box_threshold: float = Form(BOX_THRESHOLD, ge=0.0, le=1.0),
+        text_threshold: float = Form(TEXT_THRESHOLD, ge=0.0, le=1.0),
+        max_detections: int = Form(MAX_DETECTIONS, ge=0, le=MAX_DETECTIONS_LIMIT),
         boxes: str = Form(
             "",
             description="JSON list of [x1, y1, x2, y2] pixel boxes, instead of a prompt; "
@@ -114,9 +120,17 @@ def create_app(service: SegmentService, token: str = "", max_upload_mb: float = 
         name = image.filename or "upload"  # for messages and the JSON only, never a path here
         picture = decode_image(await image.read(), name)
         result = await run_in_threadpool(
-            service.segment, picture, prompt, box_list, box_threshold, text_threshold,
-            detector or None, segmenter or None, name, max_detections,
-        )  # fmt: skip
+            service.segment,
+            picture,
+            prompt=prompt,
+            boxes=box_list,
+            box_threshold=box_threshold,
+            text_threshold=text_threshold,
+            max_detections=max_detections,
+            detector=detector or None,
+            segmenter=segmenter or None,
+            name=name,
+        )
         if format == "png":
             buf = io.BytesIO()
             result.overlay(picture).save(buf, format="PNG")

@@ -22,6 +22,7 @@ import json
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, quote
 
+TOKEN_ENV = "VITSAM_TOKEN"  # the token, when --token is not given
 COOKIE = "vitsam_session"
 LOGIN = "/login"
 LOGOUT = "/logout"

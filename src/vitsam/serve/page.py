@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from vitsam.errors import VitsamError
+from vitsam.images import example_images
+from vitsam.seg.request import BOX_THRESHOLD, TEXT_THRESHOLD
 from vitsam.serve.service import SegmentService
-
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def build_page(service: SegmentService):
@@ -23,8 +23,9 @@ def build_page(service: SegmentService):
         if image is None:
             raise gr.Error("Upload an image first.")
         try:
-            result = service.segment(image, prompt, None, box_threshold, text_threshold,
-                                     detector, segmenter, "upload")  # fmt: skip
+            result = service.segment(image, prompt=prompt, box_threshold=box_threshold,
+                                     text_threshold=text_threshold, detector=detector,
+                                     segmenter=segmenter)  # fmt: skip
         except VitsamError as e:
             raise gr.Error(str(e)) from None
         rows = [[d.label, round(d.score, 3), [round(v, 1) for v in d.box], round(d.mask_score, 3), d.area]
@@ -48,8 +49,8 @@ def build_page(service: SegmentService):
                     label="Prompt", placeholder="cat. remote control", elem_id="prompt"
                 )
                 with gr.Row():
-                    box_t = gr.Slider(0.0, 1.0, 0.35, step=0.01, label="Box threshold")
-                    text_t = gr.Slider(0.0, 1.0, 0.25, step=0.01, label="Text threshold")
+                    box_t = gr.Slider(0.0, 1.0, BOX_THRESHOLD, step=0.01, label="Box threshold")
+                    text_t = gr.Slider(0.0, 1.0, TEXT_THRESHOLD, step=0.01, label="Text threshold")
                 with gr.Row():
                     detector = gr.Dropdown(
                         service.detectors, value=service.detectors[0], label="Detector"
@@ -65,9 +66,9 @@ def build_page(service: SegmentService):
                 table = gr.Dataframe(headers=["label", "score", "box", "mask score", "area"],
                                      label="Detections", interactive=False, elem_id="detections")  # fmt: skip
                 files = gr.File(label="Masks and JSON", file_count="multiple", elem_id="downloads")
-        examples = sorted(str(p) for p in EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
+        examples = example_images()
         if examples:
-            gr.Examples([[e, Path(e).stem] for e in examples], inputs=[image, prompt])
+            gr.Examples([[str(e), e.stem] for e in examples], inputs=[image, prompt])
         button.click(
             run, [image, prompt, box_t, text_t, detector, segmenter], [overlay, table, files]
         )

@@ -6,12 +6,19 @@ import threading
 
 from fastapi import FastAPI
 
-from vitsam.serve.api import create_app
+from vitsam.serve.api import MAX_UPLOAD_MB, create_app
 from vitsam.serve.service import SegmentService
+
+HOST = "127.0.0.1"  # loopback: reachable from this machine only, unless told otherwise
+PORT = 7860  # Gradio's usual port
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def create_server(
-    service: SegmentService, token: str = "", max_upload_mb: float = 20, page: bool = True
+    service: SegmentService,
+    token: str = "",
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    page: bool = True,
 ) -> FastAPI:
     app = create_app(service, token, max_upload_mb)
     if page:
@@ -26,7 +33,11 @@ def create_server(
 
 
 def run(
-    service: SegmentService, host: str, port: int, token: str = "", max_upload_mb: float = 20
+    service: SegmentService,
+    host: str = HOST,
+    port: int = PORT,
+    token: str = "",
+    max_upload_mb: float = MAX_UPLOAD_MB,
 ) -> None:
     """Serve until interrupted; /healthz answers 503 until the models are loaded."""
     import uvicorn

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from vitsam.errors import VitsamError
-from vitsam.seg.pipeline import TextSegmenter, check_boxes
+from vitsam.seg.pipeline import TextSegmenter
+from vitsam.seg.request import BOX_THRESHOLD, MAX_DETECTIONS, TEXT_THRESHOLD, check_boxes
 from vitsam.seg.results import Segmentation
-from vitsam.seg.sam3 import Sam3Segmenter
 
 log = logging.getLogger("vitsam")
+QUEUE_SIZE = 8  # requests waiting or running before the next is refused (503)
 
 
 class Busy(VitsamError):
@@ -51,7 +52,7 @@ class SegmentService:
     segmenters: list[str]
     device: str = "auto"
     precision: str = "auto"
-    queue_size: int = 8
+    queue_size: int = QUEUE_SIZE
     admission: Admission = field(init=False)
     error: str = ""  # why loading failed, if it did
     _models: dict = field(default_factory=dict, init=False)
@@ -87,24 +88,26 @@ class SegmentService:
     def segment(
         self,
         image: Image.Image,
+        *,
         prompt: str = "",
         boxes=None,
-        box_threshold: float = 0.35,
-        text_threshold: float = 0.25,
+        box_threshold: float = BOX_THRESHOLD,
+        text_threshold: float = TEXT_THRESHOLD,
+        max_detections: int = MAX_DETECTIONS,
         detector: str | None = None,
         segmenter: str | None = None,
         name: str = "upload",
-        max_detections: int = 100,
     ) -> Segmentation:
-        """One request, through the queue. Boxes (XYXY pixels) replace the prompt's detector;
-        a text-native segmenter (sam3) needs none, and `detector` is then ignored."""
+        """One request, through the queue (keywords only: no two thresholds can swap).
+        Boxes (XYXY pixels) replace the prompt's detector; a text-native segmenter (sam3)
+        needs none, and `detector` is then ignored. Raises Busy, NotReady or VitsamError."""
         if not self.ready:
             raise NotReady(self.error or "models are still loading; retry shortly")
         if boxes is not None:  # a bad box fails before it takes a place in the queue
             boxes = check_boxes(boxes)
         use_boxes = boxes is not None and len(boxes) > 0
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
-        if isinstance(seg, Sam3Segmenter):  # text-native: its own detector
+        if seg.text_native:  # its own detector
             det = seg
         else:
             det = self._pick("detector", detector or self.detectors[0], self.detectors)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,3 +152,92 @@ def load_classifier(path: str | Path) -> Classifier:
         raise VitsamError(f"{path}: checkpoint does not match a vitsam ViT ({e})") from None
     meta = {k: v for k, v in ckpt.items() if k not in ("weights",)}
     return Classifier(model.eval(), list(ckpt["classes"]), ckpt["mean"], ckpt["std"], meta)
+
+
+@dataclass
+class EvalReport:
+    """A checkpoint evaluated on a dataset's test split: what `vitsam eval` prints and saves."""
+
+    checkpoint: str
+    dataset: str
+    images: int
+    top1: float  # in [0, 1]
+    loss: float  # mean cross-entropy
+    classes: list[str]
+    per_class_accuracy: dict[str, float]  # recall of each class, in [0, 1]
+    confusion_matrix: list[list[int]]  # [true][predicted] counts
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, out: Path) -> list[Path]:
+        """out/confusion.json and out/confusion.png (written whole); returns both paths."""
+        from vitsam.files import write_atomic
+        from vitsam.vit.plots import plot_confusion
+
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "confusion.json", out / "confusion.png"]
+        write_atomic(paths[0], json.dumps(self.to_json(), indent=2) + "\n")
+        cm = torch.tensor(self.confusion_matrix)
+        plot_confusion(cm, self.classes, paths[1], title=f"{self.dataset}: top-1 {self.top1:.2%}")
+        return paths
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    tta_flip: bool | None = None,
+) -> EvalReport:
+    """Evaluate a run directory or checkpoint on the test split of `dataset` (default: the
+    one it was trained on), in `precision` (default: the run's eval precision, so both
+    report the same accuracy) and with `tta_flip` (default: as the run evaluated).
+
+    Raises VitsamError when the dataset's classes or image shape differ from the model's.
+    """
+    from vitsam.devices import resolve_device, resolve_precision
+    from vitsam.vit.config import eval_precision_name
+    from vitsam.vit.data import load_dataset
+
+    path = checkpoint_path(path)
+    clf = load_classifier(path)
+    cfg = clf.meta["config"]
+    dataset = dataset or cfg["dataset"]
+    _, test = load_dataset(dataset, data_dir or cfg["data_dir"], clf.image_size)
+    if test.classes != clf.classes:
+        raise VitsamError(
+            f"{dataset}: its classes {test.classes[:5]}... differ from the model's "
+            f"{clf.classes[:5]}...: evaluate on a dataset with the same classes"
+        )
+    if tuple(test.images.shape[1:]) != (clf.channels, clf.image_size, clf.image_size):
+        raise VitsamError(
+            f"{dataset}: images are {tuple(test.images.shape[1:])} but the model takes "
+            f"{(clf.channels, clf.image_size, clf.image_size)}"
+        )
+    dev = resolve_device(device)
+    clf.to(dev)
+    precision = precision or eval_precision_name(
+        cfg.get("eval_precision", "fp32"), cfg.get("precision", "auto")
+    )
+    result = evaluate(
+        clf.model,
+        test,
+        Normalize(clf.mean, clf.std, dev),
+        dev,
+        resolve_precision(precision, dev),
+        tta_flip=cfg.get("tta_flip", False) if tta_flip is None else tta_flip,
+    )
+    cm = confusion_matrix(result.predictions, result.labels, len(clf.classes))
+    per_class = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
+    return EvalReport(
+        checkpoint=str(path),
+        dataset=dataset,
+        images=len(test),
+        top1=result.accuracy,
+        loss=result.loss,
+        classes=clf.classes,
+        per_class_accuracy=dict(zip(clf.classes, per_class)),
+        confusion_matrix=cm.tolist(),
+    )

@@ -1,0 +1,347 @@
+"""`vitsam segment`: images, folders (resumable datasets), videos and Ray."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vitsam.cli import max_pixels_flag
+from vitsam.errors import VitsamError
+
+log = logging.getLogger("vitsam")
+LONG_VIDEO_S = 600  # a note is printed for videos longer than this (seconds)
+
+
+def add_commands(sub) -> None:
+    from vitsam.devices import DEVICES, PRECISIONS
+    from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+    from vitsam.seg.request import BOX_THRESHOLD, MAX_DETECTIONS, NMS_IOU, TEXT_THRESHOLD
+    from vitsam.seg.videoio import FOLDER_FPS
+
+    p = sub.add_parser(
+        "segment", help="masks for what a text prompt names (Grounding DINO -> SAM 2)"
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|VIDEO")
+    max_pixels_flag(p)
+    p.add_argument(
+        "--prompt",
+        help="phrases separated by '.' or ',' (or new lines), e.g. 'cat, remote control'; "
+        "case and invisible characters are ignored",
+    )
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, help="short name, hub id or folder")
+    p.add_argument(
+        "--segmenter",
+        default=DEFAULT_SEGMENTER,
+        help="short name, hub id, folder or original .pth/.pt",
+    )
+    p.add_argument(
+        "--box",
+        action="append",
+        type=box_value,
+        metavar="X1,Y1,X2,Y2",
+        help="segment this box instead of detecting (repeatable); pixels, clamped to the "
+        "image; negative numbers work: --box -20,-20,100,100",
+    )
+    p.add_argument(
+        "--box-threshold", type=float, default=BOX_THRESHOLD, help="0..1 (default %(default)s)"
+    )
+    p.add_argument(
+        "--text-threshold", type=float, default=TEXT_THRESHOLD, help="0..1 (default %(default)s)"
+    )
+    p.add_argument(
+        "--nms", type=float, default=NMS_IOU, metavar="IOU", help="NMS across phrases (0 = off)"
+    )
+    p.add_argument(
+        "--max-detections",
+        type=int,
+        default=MAX_DETECTIONS,
+        metavar="N",
+        help="keep at most N detections per image, best first (default %(default)s)",
+    )
+    p.add_argument("--out", default="segments")
+    p.add_argument(
+        "--format",
+        help="which outputs: overlay,masks,json (default all three; json with --export or ray)",
+    )
+    p.add_argument(
+        "--instance-masks", action="store_true", help="one PNG per detection instead of a label map"
+    )
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--quiet", action="store_true")
+    video = p.add_argument_group("video (.mp4 .mov .webm .mkv, or a folder of frames)")
+    video.add_argument("--video", action="store_true", help="each folder given is one video's frames")
+    video.add_argument("--max-frames", type=int, help="process at most this many frames")
+    video.add_argument("--stride", type=int, default=1, help="process every Nth frame")
+    video.add_argument(
+        "--redetect", type=int, default=20, metavar="N",
+        help="detector + SAM 2: detect again every N processed frames (0 = first frame only)",
+    )  # fmt: skip
+    video.add_argument(
+        "--fps", type=float, help=f"frame rate of a folder of frames (default {FOLDER_FPS:g})"
+    )
+    g = p.add_argument_group("datasets and scale (resumable: a rerun skips images already done)")
+    g.add_argument(
+        "--export", metavar="coco|yolo", help="build a dataset in --out (or both: coco,yolo)"
+    )
+    g.add_argument("--polygons", action="store_true", help="COCO masks as polygons, not RLE")
+    placing = g.add_mutually_exclusive_group()
+    placing.add_argument(
+        "--copy-images",
+        dest="image_mode",
+        action="store_const",
+        const="copy",
+        default="auto",
+        help="images/ gets copies of its own (default: hard links where the filesystem "
+        "allows, else copies)",
+    )
+    placing.add_argument(
+        "--link-images",
+        dest="image_mode",
+        action="store_const",
+        const="link",
+        help="images/ gets relative symbolic links to the originals (the dataset then "
+        "needs them beside it)",
+    )
+    g.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="ray: Ray Data (RAY_ADDRESS or a local cluster)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray workers, each with its own models (one GPU each where there are GPUs)",
+    )
+    p.set_defaults(func=cmd_segment)
+
+
+
+def box_value(text: str) -> tuple[float, float, float, float]:
+    """'X1,Y1,X2,Y2' -> four numbers; the rules (finite, ordered, clamped) are check_boxes'."""
+    try:
+        x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X1,Y1,X2,Y2 in pixels") from None
+    return x1, y1, x2, y2
+
+
+def attach_box_values(argv: list[str]) -> list[str]:
+    """'--box -20,-20,100,100' -> '--box=-20,-20,100,100': argparse takes a value that
+    starts with '-' for an option and stops with "expected one argument"."""
+    out, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            return [*out, arg, *rest]
+        value = rest[0] if rest else ""
+        if arg == "--box" and value.startswith("-") and not value.startswith("--") and "," in value:
+            arg = f"--box={rest.pop(0)}"
+        out.append(arg)
+    return out
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vitsam.seg.folder import Outcome, Outputs, segment_folder
+    from vitsam.seg.labelset import LabelSet, named_images, parse_exports
+    from vitsam.seg.request import check_box_segmenter, check_boxes, check_options, split_prompt
+    from vitsam.seg.results import FORMATS, parse_formats
+    from vitsam.seg.videoio import is_video_path
+
+    if args.box:
+        check_box_segmenter(args.segmenter)
+    if args.video or any(is_video_path(Path(p)) for p in args.inputs):
+        return _segment_videos(args)
+    exports = parse_exports(args.export)
+    labelled = bool(exports) or args.engine == "ray"  # a LabelSet folder: resumable
+    formats = parse_formats(args.format or ("json" if labelled else ",".join(FORMATS)), FORMATS)
+    if args.box:  # bad boxes, prompts and options fail before any model loads
+        check_boxes(args.box)
+    else:
+        split_prompt(args.prompt or "")
+    check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections)
+    settings = _label_settings(args)
+    if args.engine == "ray":
+        return _segment_ray(args, settings, formats, exports)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars
+    images = named_images(args.inputs)
+    if not images:
+        raise VitsamError(f"no image files in {' '.join(args.inputs)}")
+    labels = LabelSet(args.out, settings) if labelled else None
+    todo = labels.pending(images) if labels else images
+    if len(todo) < len(images):
+        print(f"{len(images) - len(todo)} of {len(images)} images already done in {args.out}")
+    segmenter = settings.load(args.device, args.precision) if todo else None
+    outputs = Outputs(
+        labels.results if labels else Path(args.out),
+        tuple(f for f in formats if not labels or f != "json"),  # the LabelSet writes it
+        args.instance_masks,
+        labels,
+    )
+    bar = tqdm(total=len(todo), desc="segment", disable=len(todo) < 2 or args.quiet, unit="image")
+
+    def show(done: Outcome) -> None:  # in input order, above the progress bar
+        bar.update()
+        if done.error:
+            tqdm.write(f"error: {done.error}", file=sys.stderr)
+        else:
+            tqdm.write(_found(done.location, [(d.label, d.score) for d in done.result.detections]))
+
+    with bar:
+        failed = segment_folder(todo, lambda im: settings.segment(segmenter, im), outputs, show)
+    print(f"{len(todo) - failed} of {len(todo)} images segmented; outputs in {outputs.out}")
+    if labels:
+        _print_exports(labels.export(images, exports, args.polygons, args.image_mode))
+    return 1 if failed else 0
+
+
+def _detection_options(args: argparse.Namespace) -> dict:
+    """The detection flags, as TextSegmenter / VideoSegmenter / LabelSettings name them."""
+    return {
+        "box_threshold": args.box_threshold,
+        "text_threshold": args.text_threshold,
+        "nms_iou": args.nms,
+        "max_detections": args.max_detections,
+    }
+
+
+def _label_settings(args: argparse.Namespace):
+    from vitsam.seg.labelset import LabelSettings
+
+    return LabelSettings(
+        prompt=args.prompt or "",
+        boxes=[list(b) for b in args.box or []],
+        detector=args.detector,
+        segmenter=args.segmenter,
+        **_detection_options(args),
+    )
+
+
+def _segment_ray(args: argparse.Namespace, settings, formats, exports) -> int:
+    from tqdm import tqdm
+
+    from vitsam.seg.ray_runner import label_with_ray
+
+    if formats != ("json",):
+        raise VitsamError("--engine ray writes the per-image JSON only: leave out --format")
+
+    def show(location: str, doc: dict | None, error: str) -> None:  # above the progress bar
+        if error:
+            tqdm.write(f"error: {error}", file=sys.stderr)
+        else:
+            tqdm.write(_found(location, [(d["label"], d["score"]) for d in doc["detections"]]))
+
+    report = label_with_ray(
+        args.inputs,
+        args.out,
+        settings,
+        exports,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        polygons=args.polygons,
+        image_mode=args.image_mode,
+        progress=not args.quiet,
+        on_result=show,
+    )
+    if report.skipped:
+        print(f"{report.skipped} of {report.images} images already done in {args.out}")
+    todo = report.images - report.skipped
+    print(f"{todo - report.failed} of {todo} images segmented; outputs in {report.results}")
+    _print_exports(report.exports)
+    return 1 if report.failed else 0
+
+
+def _found(location, detections: list[tuple[str, float]]) -> str:
+    found = ", ".join(f"{label} {score:.2f}" for label, score in detections) or "nothing found"
+    return f"{location}: {len(detections)} detections ({found})"
+
+
+def _print_exports(summaries) -> None:
+    for s in summaries:
+        dropped = f"; {s.left_out} empty masks left out" if s.left_out else ""
+        print(f"dataset: {s.path} ({s.images} images, {s.annotations} annotations{dropped})")
+
+
+def _segment_videos(args: argparse.Namespace) -> int:
+    """`vitsam segment clip.mp4 ...`: tracks through each video, outputs as they are made."""
+    from tqdm import tqdm
+
+    from vitsam.seg.request import check_boxes, split_prompt
+    from vitsam.seg.results import parse_formats
+    from vitsam.seg.video import VIDEO_FORMATS, VideoSegmenter
+    from vitsam.seg.videoio import VideoReader, is_video_path
+
+    if args.export or args.engine != "local":
+        raise VitsamError("--export and --engine ray take images, not videos: leave them out")
+    formats = parse_formats(args.format or ",".join(VIDEO_FORMATS), VIDEO_FORMATS, "for a video")
+    if args.box:
+        check_boxes(args.box)
+    else:
+        split_prompt(args.prompt or "")
+    if (args.max_frames is not None and args.max_frames < 1) or args.stride < 1:
+        raise VitsamError("--max-frames and --stride must be 1 or more")
+    videos = [Path(p) for p in args.inputs]
+    for v in videos:
+        if not v.exists():
+            raise VitsamError(f"{v}: no such file or folder")
+        if not (is_video_path(v) or (v.is_dir() and args.video)):
+            raise VitsamError(
+                f"{v}: not a video (.mp4 .mov .webm .mkv, or a folder of frames with --video): "
+                "segment images and videos in separate commands"
+            )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    segmenter = VideoSegmenter.from_pretrained(
+        detector=None if args.box else args.detector,
+        segmenter=args.segmenter,
+        device=args.device,
+        precision=args.precision,
+        redetect=args.redetect,
+        **_detection_options(args),
+    )
+    out, failed = Path(args.out), 0
+    for path in videos:
+        try:
+            with VideoReader(path, args.fps) as probe:
+                info = probe.info
+        except VitsamError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        total = info.frames_to_process(args.stride, args.max_frames)
+        if total and total * args.stride / info.fps > LONG_VIDEO_S:
+            log.info("%s: %d frames to process; --max-frames or --stride shorten it", path, total)
+        bar = tqdm(total=total, desc=path.name, unit="frame", disable=args.quiet)
+        try:
+            result = segmenter.segment(
+                path, args.prompt or "", out, formats=formats, boxes=args.box,
+                stride=args.stride, max_frames=args.max_frames, fps=args.fps,
+                on_frame=lambda frame, tracks, bar=bar: bar.update(1),
+            )  # fmt: skip
+        except VitsamError as e:
+            failed += 1
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        files = ", ".join(str(f) for f in result.files)
+        if result.stopped:
+            failed += 1
+            print(f"error: {result.stopped} (the {result.frames} frames before are in {files})",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"{path}: {result.frames} frames, {len(result.track_ids)} tracks: {files}")
+    print(f"{len(videos) - failed} of {len(videos)} videos segmented; outputs in {out}")
+    return 1 if failed else 0
+
+

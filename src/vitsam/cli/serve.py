@@ -1,0 +1,75 @@
+"""`vitsam serve`: the page and the HTTP API, with the models loaded once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from vitsam.cli import max_pixels_flag
+from vitsam.errors import VitsamError
+
+log = logging.getLogger("vitsam")
+
+
+def add_commands(sub) -> None:
+    from vitsam.devices import DEVICES, PRECISIONS
+    from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+    from vitsam.serve.api import MAX_UPLOAD_MB
+    from vitsam.serve.auth import TOKEN_ENV
+    from vitsam.serve.server import HOST, PORT
+    from vitsam.serve.service import QUEUE_SIZE
+
+    p = sub.add_parser("serve", help="the web page and HTTP API for segmentation")
+    p.add_argument("--host", default=HOST, help="address to bind (default loopback: %(default)s)")
+    p.add_argument("--port", type=int, default=PORT)
+    p.add_argument(
+        "--detector", default=DEFAULT_DETECTOR, help="comma list; the first is the default"
+    )
+    p.add_argument(
+        "--segmenter", default=DEFAULT_SEGMENTER, help="comma list; the first is the default"
+    )
+    p.add_argument(
+        "--token",
+        default="",
+        help="require the token on the API and the page: 'Authorization: Bearer TOKEN', "
+        f"or the page's sign-in form (or {TOKEN_ENV})",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB)
+    max_pixels_flag(p)
+    p.add_argument(
+        "--queue-size", type=int, default=QUEUE_SIZE, help="requests waiting or running before 503"
+    )
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.set_defaults(func=cmd_serve)
+
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from vitsam.serve.auth import TOKEN_ENV
+    from vitsam.serve.server import LOOPBACK, run
+    from vitsam.serve.service import SegmentService
+
+    detectors = [d.strip() for d in args.detector.split(",") if d.strip()]
+    segmenters = [s.strip() for s in args.segmenter.split(",") if s.strip()]
+    if not detectors or not segmenters:
+        raise VitsamError("--detector and --segmenter each need at least one model name")
+    token = args.token or os.environ.get(TOKEN_ENV, "")
+    if args.host not in LOOPBACK and not token:
+        log.warning(
+            "serving on %s without --token: anyone who can reach it can use the API", args.host
+        )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    service = SegmentService(
+        detectors, segmenters, device=args.device, precision=args.precision,
+        queue_size=args.queue_size,
+    )  # fmt: skip
+    print(f"vitsam serving on http://{args.host}:{args.port}/ (API: /v1/segment, docs: /docs)")
+    run(service, args.host, args.port, token, args.max_upload_mb)
+    return 0
+
+
