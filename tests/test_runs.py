@@ -10,7 +10,9 @@ from PIL import Image
 from tests.conftest import tiny_config
 from vitsam.cli import main
 from vitsam.errors import VitsamError
+from vitsam.vit import budget
 from vitsam.vit import train as training
+from vitsam.vit.budget import TimeBudget
 from vitsam.vit.config import TrainConfig
 from vitsam.vit.data import load_image_folder
 
@@ -144,9 +146,9 @@ def test_ema_follows_the_batchnorm_statistics_of_the_conv_tokenizer(tmp_path):
 def test_budget_epochs_fit_what_is_left():
     # 60 s budget, 10 s gone of which 2 steps (1 s each) were the first epoch's; epochs
     # of 10 steps + 2 s evaluation: (60 * 0.97 - 10 + 2) / 12 = 4.18 -> 4
-    assert training.budget_epochs(60, 10, 2, 1.0, 10, 2.0) == 4
-    assert training.budget_epochs(60, 59, 2, 1.0, 10, 2.0) == 1  # never fewer than one
-    assert training.budget_epochs(3600, 0, 0, 0.01, 100, 0.0, margin=0.0) == 3600
+    assert budget.budget_epochs(60, 10, 2, 1.0, 10, 2.0) == 4
+    assert budget.budget_epochs(60, 59, 2, 1.0, 10, 2.0) == 1  # never fewer than one
+    assert budget.budget_epochs(3600, 0, 0, 0.01, 100, 0.0, margin=0.0) == 3600
 
 
 def test_a_time_budget_fixes_the_epochs_and_records_them(tmp_path, caplog):
@@ -175,39 +177,75 @@ def test_negative_time_budget_is_refused():
 
 
 def test_epochs_that_fit_what_is_left_of_the_budget():
-    assert training.epochs_that_fit(100, 40, 10, margin=0.0) == 6
-    assert training.epochs_that_fit(100, 95, 10) == 0  # none: the run ends now
+    assert budget.epochs_that_fit(100, 40, 10, margin=0.0) == 6
+    assert budget.epochs_that_fit(100, 95, 10) == 0  # none: the run ends now
 
 
-def test_a_budgeted_run_refits_its_length_to_the_first_epoch_while_in_warmup(tmp_path):
+class Clock:
+    """A made-up perf_counter: seconds, set by the test."""
+
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _calibrated(clock: Clock) -> tuple[TimeBudget, list]:
+    """A 1-minute budget fitted from made-up times: 100 steps an epoch, 0.1 s a step after
+    2 s of start-up, 1 s per 1,000 test images (2,000 of them); returns it and its fits."""
+    b = TimeBudget(1.0, steps_per_epoch=100, test_images=2000, started=0.0, clock=clock)
+    fits = []
+    for step in range(100):
+        clock.t = 2.0 + 0.1 * step
+        fits.append(b.before_step(step, 3, sync=lambda: None, time_eval=lambda n: (n / 1000, n)))
+    return b, fits
+
+
+def test_the_budget_times_its_steps_and_an_evaluation_then_fits_the_epochs():
+    clock = Clock()
+    b, fits = _calibrated(clock)
+    # steps 10-40 took 3 s: 0.1 s a step; an evaluation 2 s; 6 s gone, 4 of them the epoch's:
+    # (60 * 0.97 - 2) // (100 * 0.1 + 2) = 4 epochs, answered once, at step 40
+    assert fits[40] == 4 and fits.count(None) == 99
+    assert b.fitted
+    unbudgeted = TimeBudget(0, steps_per_epoch=100, test_images=2000, started=0.0, clock=clock)
+    for step in range(100):
+        assert unbudgeted.before_step(step, 3, sync=None, time_eval=None) is None
+    kept = unbudgeted.after_epoch(
+        done=1, epochs=3, steps=100, in_warmup=True, train_s=5.0, train_ended=20.0, eval_s=1.0
+    )
+    assert kept is None
+
+
+def test_a_budgeted_run_refits_its_length_to_the_first_epoch_while_in_warmup():
     # 60 s budget, 10 s gone, epochs of 5 s: 1 + (60 * 0.97 - 10) // 5 = 10 epochs fit
-    cfg = tiny_config(tmp_path, epochs=3, time_budget=1.0, warmup_epochs=1)
-    trainer = training.Trainer(cfg)
-    trainer.out.mkdir()  # as run() does
-    trainer.epoch, trainer.sched.last_epoch = 1, trainer.warmup_steps()
-    trainer.started = training.time.perf_counter() - 10
-    trainer._keep_time_budget(5.0)
-    assert cfg.epochs == 10  # grown: no learning rate so far depended on the length
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 10
-    trainer.sched.last_epoch += 1  # the decay has begun: the run may only shrink now
-    cfg.epochs = 3
-    trainer._keep_time_budget(5.0)
-    assert cfg.epochs == 3
-    trainer._keep_time_budget(25.0)  # one slow epoch: the median of 5, 5, 25 keeps the run
-    assert cfg.epochs == 3
-    trainer._keep_time_budget(25.0)  # a lasting slowdown: 1 + 48.2 // 25 = 2
-    assert cfg.epochs == 2
+    b = TimeBudget(1.0, steps_per_epoch=100, test_images=100, started=0.0, clock=Clock(10.0))
+    assert b.refit(1, 3, 5.0, in_warmup=True) == 10  # grown: no learning rate depended on it
+    assert b.refit(1, 3, 5.0, in_warmup=False) is None  # the decay has begun: only shrinks
+    assert b.refit(1, 3, 25.0, in_warmup=False) is None  # one slow epoch: median of 5, 5, 25
+    assert b.refit(1, 3, 25.0, in_warmup=False) == 2  # a lasting slowdown: 1 + 48.2 // 25
 
 
-def test_the_fitting_epoch_is_read_at_its_pace_after_the_fit(tmp_path):
-    trainer = training.Trainer(tiny_config(tmp_path, time_budget=1.0))
-    per_epoch, now = trainer.steps_per_epoch, training.time.perf_counter()
-    assert trainer._train_seconds(9.0, now) == 9.0  # no fit in this epoch: as measured
-    # fitted after 10 steps; the other steps took 0.1 s each: the epoch reads as
-    # steps_per_epoch of those, not its measured 9 s (slow warm-up steps and timed evals)
-    steps = training.CALIBRATION_STEPS
-    trainer.sched.last_epoch = 10 + steps
-    trainer.steady_from = (now - 0.1 * steps, 10)
-    assert trainer._train_seconds(9.0, now) == pytest.approx(0.1 * per_epoch)
-    trainer.steady_from = (now - 0.1, 10 + steps - 1)  # one step after the fit: too few
-    assert trainer._train_seconds(9.0, now) == 9.0
+def test_the_fitting_epoch_is_read_at_its_pace_after_the_fit():
+    clock = Clock()
+    b, _ = _calibrated(clock)  # fitted at step 40, clock 6 s
+    # the 60 steps after the fit took 0.1 s each: the epoch reads as 100 of those, not its
+    # measured 15 s (slow warm-up steps and timed evaluations)
+    assert b.train_seconds(15.0, 6.0 + 0.1 * 60, 100) == pytest.approx(10.0)
+    steps = budget.CALIBRATION_STEPS
+    assert b.train_seconds(15.0, 6.0 + 0.1 * 29, 40 + steps - 1) == 15.0  # too few after it
+    # the check after that epoch: 10 s + 2 s an epoch, 16 s gone: 1 + 42.2 // 12 = 4, kept
+    clock.t = 16.0
+    kept = b.after_epoch(
+        done=1, epochs=4, steps=100, in_warmup=True, train_s=15.0, train_ended=12.0, eval_s=2.0
+    )
+    assert kept is None
+    # later epochs are read as measured (15 s + 2 s); the pace is the median of 12 and 17 s:
+    # at 33 s gone, 2 + 25.2 // 14.5 = 3 epochs fit
+    clock.t = 33.0
+    assert b.train_seconds(15.0, 31.0, 200) == 15.0
+    shrunk = b.after_epoch(
+        done=2, epochs=4, steps=200, in_warmup=False, train_s=15.0, train_ended=31.0, eval_s=2.0
+    )
+    assert shrunk == 3

@@ -1,10 +1,36 @@
-"""Pictures of results: the confusion matrix (training curves live with the trainer)."""
+"""Pictures of results: a run's training curves and the confusion matrix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+from vitsam.files import replacing
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train and test, redrawn from the whole history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], label="train")
+    a.plot(ep, [r["test_loss"] for r in history], label="test")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    b.plot(ep, [r["train_acc"] for r in history], label="train")
+    b.plot(ep, [r["test_acc"] for r in history], label="test")
+    b.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with replacing(path, path.with_name(path.stem + ".tmp.png")) as tmp:  # format from suffix
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
 
 
 def plot_confusion(cm: torch.Tensor, classes: list[str], path: Path, title: str = "") -> None:

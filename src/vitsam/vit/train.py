@@ -6,7 +6,6 @@ import copy
 import json
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +19,13 @@ from vitsam.devices import choose_precision, resolve_device, seed_everything
 from vitsam.errors import VitsamError
 from vitsam.files import replacing
 from vitsam.vit import augment, distributed
+from vitsam.vit.budget import TimeBudget
 from vitsam.vit.config import TrainConfig, eval_precision_name, from_dict, to_dict, to_json
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
 from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint
 from vitsam.vit.loaders import DeviceLoader, Normalize, TextbookLoader, fits_on_device
 from vitsam.vit.model import ViT, count_parameters
+from vitsam.vit.plots import plot_curves
 
 log = logging.getLogger("vitsam")
 
@@ -71,33 +72,6 @@ def lr_factor(
         return 1.0
     decay = 1 - t if schedule == "warmup-linear" else 0.5 * (1 + math.cos(math.pi * t))
     return min_ratio + (1 - min_ratio) * decay
-
-
-def budget_epochs(
-    budget_s: float,
-    elapsed_s: float,
-    steps_done: int,
-    step_s: float,
-    steps_per_epoch: int,
-    eval_s: float,
-    margin: float = 0.03,
-) -> int:
-    """How many epochs fit in what is left of a time budget, at the measured speed.
-
-    `elapsed_s` is the run's time so far (data loading included), `steps_done` the steps of
-    the first epoch already taken (and timed into `elapsed_s`), `step_s` the measured seconds
-    per training step and `eval_s` the measured seconds of one test-set evaluation. Keeps
-    `margin` of the budget spare for checkpoints and speed drift. At least 1.
-    """
-    # the first epoch's steps already taken are part of it: count from the epoch's start
-    start = elapsed_s - steps_done * step_s
-    return max(1, epochs_that_fit(budget_s, start, steps_per_epoch * step_s + eval_s, margin))
-
-
-def epochs_that_fit(budget_s: float, elapsed_s: float, epoch_s: float, margin: float = 0.03) -> int:
-    """Whole epochs of `epoch_s` seconds (training + evaluation) left in a time budget (>= 0),
-    keeping `margin` of the budget spare."""
-    return max(0, int((budget_s * (1 - margin) - elapsed_s) // epoch_s))
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -156,10 +130,14 @@ class Trainer:
         self.best_acc = 0.0
         self.history: list[dict] = []
         self.wall_before = 0.0  # wall seconds of the run before a resume
-        self.fitted = False  # epochs fitted to cfg.time_budget in this process
-        # (perf_counter, steps taken) when the budget was fitted: the first epoch's pace after it
-        self.steady_from: tuple[float, int] | None = None
-        self.epoch_paces: list[float] = []  # the budget checks' epoch seconds, in order
+        self.budget = TimeBudget(
+            cfg.time_budget,
+            steps_per_epoch=self.steps_per_epoch,
+            test_images=len(self.data.test),
+            started=self.started,
+            dist=self.dist,
+            device=self.device,
+        )
 
     def _cap_warmup(self) -> None:
         cfg = self.cfg
@@ -174,101 +152,17 @@ class Trainer:
             )
             cfg.warmup_epochs = capped
 
-    def _fit_time_budget(self, steps_done: int, step_s: float) -> None:
-        """Fix cfg.epochs so the run ends within cfg.time_budget minutes (see budget_epochs).
+    def _time_eval(self, n: int) -> tuple[float, int]:
+        """Seconds to evaluate n test images (all, when fewer), and how many: for the budget."""
+        part = self.data.test.subset(min(len(self.data.test), n), seed=self.cfg.seed)
+        t = time.perf_counter()
+        model, dtype = self.eval_model(), self.eval_dtype
+        evaluate(model, part, self.normalize, self.device, dtype, self.cfg.tta_flip)
+        return time.perf_counter() - t, len(part)
 
-        Called once, a few steps into a fresh run's first epoch, with the measured seconds
-        per step; times one evaluation on a slice of the test set; every rank gets the same
-        answer (the ranks' mean timings). The learning rate so far is warmup, which does not
-        depend on the run's length; the schedule follows the new length from the next step.
-        """
-        cfg = self.cfg
-
-        def timed_eval(n: int) -> tuple[float, int]:
-            part = self.data.test.subset(min(len(self.data.test), n), seed=cfg.seed)
-            t = time.perf_counter()
-            model, dtype = self.eval_model(), self.eval_dtype
-            evaluate(model, part, self.normalize, self.device, dtype, cfg.tta_flip)
-            return time.perf_counter() - t, len(part)
-
-        timed_eval(250)  # one batch first: the first evaluation pays for its allocations
-        seconds, n = timed_eval(1000)
-        eval_s = seconds * len(self.data.test) / n
-        timings = torch.tensor([step_s, eval_s], device=self.device)
-        step_s, eval_s = (
-            v.item() / self.dist.world for v in distributed.all_reduce_sum(self.dist, *timings)
-        )
-        elapsed = time.perf_counter() - self.started
-        cfg.epochs = budget_epochs(
-            cfg.time_budget * 60, elapsed, steps_done, step_s, self.steps_per_epoch, eval_s
-        )
-        self.fitted = True  # kept to the budget after every epoch from here on
-        per_epoch = self.steps_per_epoch * step_s + eval_s
-        if self.dist.is_main:
-            log.info(
-                "time budget %g min: %.3f s per step, %.1f s per evaluation, %.1f s so far "
-                "-> %d epochs of %.1f s",
-                cfg.time_budget,
-                step_s,
-                eval_s,
-                elapsed,
-                cfg.epochs,
-                per_epoch,
-            )
-            self._write_config()
-        self._cap_warmup()
-
-    def _train_seconds(self, seconds: float, ended: float) -> float:
-        """An epoch's training seconds as later epochs will take them.
-
-        `seconds` is the epoch as measured and `ended` its perf_counter at the end. In the
-        epoch that fitted the time budget, the steps before the fit (warm-up and timed steps)
-        and the fit's own evaluations read 5-10% slow (docs/BENCHMARKS.md, VM 6), so the
-        pace of the steps after the fit stands for the whole epoch when at least
-        CALIBRATION_STEPS of them ran; otherwise `seconds` as it is.
-        """
-        if self.steady_from is None:
-            return seconds
-        started, steps_before = self.steady_from
-        steps = self.sched.last_epoch - steps_before
-        if steps < CALIBRATION_STEPS:
-            return seconds
-        return (ended - started) / steps * self.steps_per_epoch
-
-    def _keep_time_budget(self, epoch_s: float) -> None:
-        """After an epoch of a budgeted run, fit its length to the epochs' measured time.
-
-        While the schedule has not left its warmup (whose learning rates do not depend on
-        the run's length: `lr_factor`), the run may grow as well as shrink, so the first
-        whole epoch's time replaces the estimate from a few dozen steps; for that epoch the
-        caller passes the pace of its steps after the fit (`_train_seconds`), since its
-        warm-up steps and timed evaluations make it read 5-10% slower than the later ones.
-        After that a run is only shortened, when its epochs run slower than timed (the
-        machine got busier); the schedule follows the new length from the next step (a
-        linear decay then drops to the new line). The pace is the median of the last three
-        epochs' (fewer at first): one epoch 10% slow, which this VM shows now and then
-        (docs/BENCHMARKS.md), no longer cuts a run; a slowdown that lasts two epochs does.
-        """
-        cfg = self.cfg
-        (total,) = distributed.all_reduce_sum(self.dist, torch.tensor(epoch_s, device=self.device))
-        self.epoch_paces.append(total.item() / self.dist.world)  # the ranks' mean: all alike
-        epoch_s = statistics.median(self.epoch_paces[-3:])
-        elapsed = self.wall_before + time.perf_counter() - self.started
-        fits = self.epoch + epochs_that_fit(cfg.time_budget * 60, elapsed, epoch_s)
-        in_warmup = self.sched.last_epoch <= self.warmup_steps()
-        if fits == cfg.epochs or (fits > cfg.epochs and not in_warmup):
-            return
-        if self.dist.is_main:
-            log.warning(
-                "time budget %g min: epochs take %.1f s, %s than timed; the run now ends "
-                "after %d epochs instead of %d",
-                cfg.time_budget,
-                epoch_s,
-                "faster" if fits > cfg.epochs else "slower",
-                fits,
-                cfg.epochs,
-            )
-        cfg.epochs = fits
+    def _set_epochs(self, epochs: int) -> None:
+        """The run's new length (the time budget's): kept in cfg and RUN/config.json."""
+        self.cfg.epochs = epochs
         if self.dist.is_main:
             self._write_config()
 
@@ -438,28 +332,13 @@ class Trainer:
         progress = self.progress and self.dist.is_main  # one bar: rank 0's
         bar = _bar(self.loader, progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
-        # a time budget: time CALIBRATION_STEPS steps of a fresh run after WARM_STEPS (the first
-        # steps are slower: allocations, caches; timing them made the fit ~12% short)
-        calibrate = cfg.time_budget > 0 and self.sched.last_epoch == 0
-        calibration_steps = min(CALIBRATION_STEPS, self.steps_per_epoch - WARM_STEPS - 1)
-        if calibrate and calibration_steps < 1:
-            log.warning(
-                "time budget: %d steps per epoch are too few to time; the run keeps %d epochs",
-                self.steps_per_epoch,
-                cfg.epochs,
-            )
-            calibrate = False
         for x, y in bar:
-            if calibrate and self.sched.last_epoch == WARM_STEPS:
-                loss_sum.item()  # waits for the device
-                tc = time.perf_counter()
-            if calibrate and self.sched.last_epoch == WARM_STEPS + calibration_steps:
-                loss_sum.item()
-                self._fit_time_budget(
-                    self.sched.last_epoch, (time.perf_counter() - tc) / calibration_steps
-                )
-                self.steady_from = (time.perf_counter(), self.sched.last_epoch)
-                calibrate = False
+            fitted = self.budget.before_step(  # loss_sum.item() waits for the device
+                self.sched.last_epoch, cfg.epochs, sync=loss_sum.item, time_eval=self._time_eval
+            )
+            if fitted is not None:
+                self._set_epochs(fitted)
+                self._cap_warmup()
                 if progress:
                     bar.set_description(f"epoch {self.epoch + 1}/{cfg.epochs}")
             m = augment.mix(
@@ -590,16 +469,21 @@ class Trainer:
                     seconds,
                     row["images_per_second"],
                 )
-            if self.fitted and self.epoch < cfg.epochs:
-                self._keep_time_budget(self._train_seconds(seconds, t1) + row["eval_seconds"])
-            self.steady_from = None
+            refitted = self.budget.after_epoch(
+                done=self.epoch,
+                epochs=cfg.epochs,
+                steps=self.sched.last_epoch,
+                in_warmup=self.sched.last_epoch <= self.warmup_steps(),
+                train_s=seconds,
+                train_ended=t1,
+                eval_s=row["eval_seconds"],
+            )
+            if refitted is not None:
+                self._set_epochs(refitted)
             distributed.barrier(self.dist)  # the other ranks wait for the checkpoint
             if on_epoch_end is not None:
                 on_epoch_end(row)
         return self.history
-
-
-WARM_STEPS, CALIBRATION_STEPS = 10, 30  # steps skipped, then timed, to fit a time budget
 
 
 def train(cfg: TrainConfig, progress: bool = False, on_epoch_end=None) -> list[dict]:
@@ -663,27 +547,3 @@ def _bar(loader, enabled: bool, desc: str):
     from tqdm import tqdm
 
     return tqdm(loader, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train and test, redrawn from the whole history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [r["train_loss"] for r in history], label="train")
-    a.plot(ep, [r["test_loss"] for r in history], label="test")
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
-    b.plot(ep, [r["train_acc"] for r in history], label="train")
-    b.plot(ep, [r["test_acc"] for r in history], label="test")
-    b.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    with replacing(path, path.with_name(path.stem + ".tmp.png")) as tmp:  # format from suffix
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
