@@ -11,7 +11,7 @@ temporary folder, then loaded through vitsam's real loading path. Compared:
 
 One box per phrase in both (the top-scoring one), so the work is the same.
 
-`--folder N` times instead a folder run (`vitsam segment DIR`'s loop, vitsam.seg.folder)
+`--folder N` times instead a folder run (`vitsam segment DIR`'s loop, vitsam.seg.local_runner)
 over N JPEG copies of the image, writing the overlay, masks and JSON of each: one step at
 a time, then with reading and writing overlapped with the models; images/s of each.
 `--detector DIR --segmenter DIR` use saved models instead of building the full-size ones.
@@ -165,8 +165,8 @@ def agreement(ts, image: Image.Image, plain: list) -> tuple[float, float]:
 
 def folder_speed(ts, image: Image.Image, n: int, repeats: int, tmp: Path) -> None:
     """Images/s of segment_folder over n copies of `image`, without and with overlap."""
-    from vitsam.seg.folder import Outputs, segment_folder
     from vitsam.seg.labelset import named_images
+    from vitsam.seg.local_runner import Outputs, segment_folder
 
     src = tmp / "images"
     src.mkdir()

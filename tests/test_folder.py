@@ -12,8 +12,8 @@ from tests.test_segment import run_cli
 from vitsam.errors import VitsamError
 from vitsam.images import open_image
 from vitsam.seg import TextSegmenter
-from vitsam.seg.folder import Outputs, segment_folder
 from vitsam.seg.labelset import LabelSet, LabelSettings, named_images
+from vitsam.seg.local_runner import Outputs, segment_folder
 
 PROMPT = ["--prompt", "cat. dog", "--box-threshold", "0.0", "--text-threshold", "0.0",
           "--max-detections", "3"]  # fmt: skip

@@ -5,7 +5,7 @@ units: slower, the same numbers), on the CPU or on the device `pytest --device` 
 (`scripts/gpu_check.sh bf16` runs them on CUDA). Tolerances follow from bf16's 8-bit mantissa: a
 network's outputs carry a relative error of about 1%, so a box is within 1 px and a
 score within 0.02; what is computed from positions (the boxes themselves, the prompt
-encoders) runs in fp32 (vitsam.seg.precision.FP32_PARTS).
+encoders) runs in fp32 (vitsam.seg.mixed_precision.FP32_PARTS).
 """
 
 import numpy as np
@@ -15,7 +15,7 @@ from PIL import Image
 
 from vitsam.seg import TextSegmenter
 from vitsam.seg.masks import MaskPredictor
-from vitsam.seg.precision import FP32_PARTS, keep_fp32
+from vitsam.seg.mixed_precision import FP32_PARTS, keep_fp32
 
 
 @pytest.fixture(scope="module")

@@ -148,8 +148,8 @@ def attach_box_values(argv: list[str]) -> list[str]:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vitsam.seg.folder import Outcome, Outputs, segment_folder
     from vitsam.seg.labelset import LabelSet, named_images, parse_exports
+    from vitsam.seg.local_runner import Outcome, Outputs, segment_folder
     from vitsam.seg.request import check_box_segmenter, check_boxes, check_options, split_prompt
     from vitsam.seg.results import FORMATS, parse_formats
     from vitsam.seg.videoio import is_video_path

@@ -15,7 +15,7 @@ from PIL import Image
 
 from vitsam.errors import VitsamError
 from vitsam.seg.deformable import use_gather_attention
-from vitsam.seg.precision import Fp32Fallback
+from vitsam.seg.mixed_precision import Fp32Fallback
 from vitsam.seg.registry import DETECTORS, resolve, with_hub_errors
 from vitsam.seg.request import SEPARATORS, normalize_text, split_prompt  # noqa: F401
 from vitsam.seg.results import Detection
@@ -25,7 +25,7 @@ log = logging.getLogger("vitsam")
 
 class Detector(Fp32Fallback):
     """Base: holds a transformers model and its processor on a device; `dtype` is the
-    autocast dtype it runs in (see precision.Mixed)."""
+    autocast dtype it runs in (see mixed_precision.Mixed)."""
 
     kind = ""
 
@@ -95,7 +95,7 @@ class Detector(Fp32Fallback):
     ) -> list[Detection]:
         """Boxes for `phrases` in `image` (RGB): XYXY pixels, score in [0, 1], label one of
         `phrases`; sorted by score. Raises VitsamError for a phrase over the text limit or
-        outputs that are not finite (see precision.Fp32Fallback)."""
+        outputs that are not finite (see mixed_precision.Fp32Fallback)."""
         raise NotImplementedError
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from vitsam.errors import VitsamError
-from vitsam.seg.precision import Fp32Fallback
+from vitsam.seg.mixed_precision import Fp32Fallback
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
 
 

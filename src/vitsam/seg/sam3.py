@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from vitsam.errors import VitsamError
-from vitsam.seg.precision import Mixed
+from vitsam.seg.mixed_precision import Mixed
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
 from vitsam.seg.request import no_box_prompts
 from vitsam.seg.results import Detection

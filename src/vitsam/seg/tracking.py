@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 
 from vitsam.errors import VitsamError
-from vitsam.seg.detect import split_prompt
-from vitsam.seg.pipeline import TextSegmenter, check_boxes
-from vitsam.seg.precision import Mixed
+from vitsam.seg.mixed_precision import Mixed
+from vitsam.seg.pipeline import TextSegmenter
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
+from vitsam.seg.request import MAX_DETECTIONS, check_boxes, split_prompt
 from vitsam.seg.results import Detection
 
 
@@ -45,7 +45,7 @@ class Sam3VideoTracker(Mixed):
     """SAM 3's video model over streamed frames; phrases are the prompt's, ids SAM 3's + 1."""
 
     def __init__(self, name: str, model, processor, device, dtype, score_threshold: float = 0.0,
-                 max_objects: int = 100) -> None:  # fmt: skip
+                 max_objects: int = MAX_DETECTIONS) -> None:  # fmt: skip
         self.name, self.processor, self.score_threshold = name, processor, score_threshold
         self.model = self.place(model, device, dtype)  # fp32 weights, `dtype` under autocast
         self.model.max_num_objects = max_objects  # SAM 3 starts no tracks beyond this
@@ -57,7 +57,7 @@ class Sam3VideoTracker(Mixed):
 
     @staticmethod
     def from_pretrained(name: str, device, dtype, score_threshold: float = 0.0,
-                        max_objects: int = 100) -> Sam3VideoTracker:  # fmt: skip
+                        max_objects: int = MAX_DETECTIONS) -> Sam3VideoTracker:  # fmt: skip
         """`sam3` (facebook/sam3), a hub id or folder whose config is `sam3_video`.
 
         SAM 3 keeps its own detection thresholds (0.5 to keep a detection, 0.7 to start a

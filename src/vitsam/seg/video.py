@@ -19,7 +19,8 @@ from pathlib import Path
 from vitsam.devices import resolve_device
 from vitsam.errors import VitsamError
 from vitsam.seg.pipeline import seg_precision
-from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, SEGMENTERS, resolve
+from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+from vitsam.seg.request import MAX_DETECTIONS, text_native
 from vitsam.seg.results import draw_overlay
 from vitsam.seg.tracking import DetectTrackSam2, Sam3VideoTracker, Track
 from vitsam.seg.videoio import Frame, FramesJson, OverlayWriter, VideoInfo, VideoReader
@@ -60,9 +61,9 @@ class VideoSegmenter:
             raise VitsamError("--redetect must be 0 (first frame only) or a number of frames")
         dev = resolve_device(device)
         dtype = seg_precision(precision, dev)
-        kind, _ = resolve(segmenter, SEGMENTERS, "segmenter")
-        if kind == "sam3":
-            threshold, cap = options.get("box_threshold", 0.0), options.get("max_detections", 100)
+        if text_native(segmenter):
+            cap = options.get("max_detections", MAX_DETECTIONS)
+            threshold = options.get("box_threshold", 0.0)  # SAM 3's own score, unfiltered
             return cls(Sam3VideoTracker.from_pretrained(segmenter, dev, dtype, threshold, cap))
         tracker = DetectTrackSam2.from_pretrained(detector, segmenter, dev, dtype, redetect, **options)
         return cls(tracker, redetect)

@@ -1,6 +1,6 @@
 """A folder run: read the next image and write the last one's outputs while the models work.
 
-    from vitsam.seg.folder import Outputs, segment_folder
+    from vitsam.seg.local_runner import Outputs, segment_folder
     failed = segment_folder(named_images(["photos/"]), lambda im: seg.segment(im, "cat"),
                             Outputs(Path("segments")), on_result=print)
 
