@@ -78,7 +78,7 @@ def test_overlapped_cli_run_matches_the_sequential_one_in_order(
 def test_a_failed_write_is_reported_and_the_others_are_written(
     models, folder, tmp_path, capsys, monkeypatch
 ):
-    from vitsam.seg import folder as folder_run
+    from vitsam.seg import local_runner as folder_run
 
     (folder / f"{BAD}.png").unlink()
     real, writers = folder_run.save, set()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from vitsam.errors import VitsamError
+from vitsam.files import write_atomic
 from vitsam.vit.config import (
     MODEL_FIELDS,
     TRAIN_FIELDS,
@@ -197,7 +198,7 @@ def sweep(spec: SweepSpec, out: str | Path, progress: bool = False) -> list[dict
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = spec.runs()
-    (out / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
+    write_atomic(out / "spec.json", json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
     for i, (name, cfg, _) in enumerate(runs, 1):
         run_dir = out / name
         cfg.out = str(run_dir)
@@ -244,7 +245,7 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![accuracy against FLOPs and wall time](accuracy.png)", ""]
     lines += [f"![learning curves by {a}](curves_{a}.png)" for a in axes]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 def plot_sweep(rows: list[dict[str, Any]], axes: list[str], out: Path) -> None:

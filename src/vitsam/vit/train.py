@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from vitsam.devices import choose_precision, resolve_device, seed_everything
 from vitsam.errors import VitsamError
-from vitsam.files import replacing
+from vitsam.files import replacing, write_atomic
 from vitsam.vit import augment, distributed
 from vitsam.vit.budget import TimeBudget
 from vitsam.vit.config import TrainConfig, eval_precision_name, from_dict, to_dict, to_json
@@ -168,7 +168,7 @@ class Trainer:
 
     def _write_config(self) -> None:
         """RUN/config.json: the run's config as it stands (a time budget fixes its epochs)."""
-        (self.out / "config.json").write_text(to_json(self.cfg) + "\n")
+        write_atomic(self.out / "config.json", to_json(self.cfg) + "\n")
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -539,7 +539,7 @@ def resume(
     trainer.load_state(state)
     if trainer.dist.is_main:
         metrics = run_dir / "metrics.jsonl"
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
+        write_atomic(metrics, "".join(json.dumps(r) + "\n" for r in trainer.history))
     return trainer.run(on_epoch_end)
 
 
