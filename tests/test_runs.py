@@ -249,3 +249,16 @@ def test_the_fitting_epoch_is_read_at_its_pace_after_the_fit():
         done=2, epochs=4, steps=200, in_warmup=False, train_s=15.0, train_ended=31.0, eval_s=2.0
     )
     assert shrunk == 3
+
+
+def test_a_run_the_budget_ends_early_resumes_as_ended(tmp_path, monkeypatch):
+    """The budget's last word (end after this epoch) is in last.pt, not only config.json."""
+
+    def end_after_two(self, *, done, epochs, **_):
+        return 2 if done == 2 and epochs != 2 else None
+
+    monkeypatch.setattr(TimeBudget, "after_epoch", end_after_two)
+    cfg = tiny_config(tmp_path, epochs=5, train_subset=96, batch_size=48)
+    assert len(training.train(cfg)) == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 2
+    assert len(training.resume(cfg.out)) == 2  # nothing left to train

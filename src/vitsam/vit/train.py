@@ -443,6 +443,18 @@ class Trainer:
                 "wall_seconds": round(self.wall_before + time.perf_counter() - self.started, 1),
                 "eval_precision": str(self.eval_dtype).replace("torch.", ""),
             }
+            # before the checkpoint: a run that the budget ends now resumes as ended
+            refitted = self.budget.after_epoch(
+                done=self.epoch,
+                epochs=cfg.epochs,
+                steps=self.sched.last_epoch,
+                in_warmup=self.sched.last_epoch <= self.warmup_steps(),
+                train_s=seconds,
+                train_ended=t1,
+                eval_s=row["eval_seconds"],
+            )
+            if refitted is not None:
+                self._set_epochs(refitted)
             self.history.append(row)
             improved = result.accuracy > self.best_acc
             self.best_acc = max(self.best_acc, result.accuracy)
@@ -469,17 +481,6 @@ class Trainer:
                     seconds,
                     row["images_per_second"],
                 )
-            refitted = self.budget.after_epoch(
-                done=self.epoch,
-                epochs=cfg.epochs,
-                steps=self.sched.last_epoch,
-                in_warmup=self.sched.last_epoch <= self.warmup_steps(),
-                train_s=seconds,
-                train_ended=t1,
-                eval_s=row["eval_seconds"],
-            )
-            if refitted is not None:
-                self._set_epochs(refitted)
             distributed.barrier(self.dist)  # the other ranks wait for the checkpoint
             if on_epoch_end is not None:
                 on_epoch_end(row)
