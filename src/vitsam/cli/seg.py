@@ -17,7 +17,13 @@ LONG_VIDEO_S = 600  # a note is printed for videos longer than this (seconds)
 def add_commands(sub) -> None:
     from vitsam.devices import DEVICES, PRECISIONS
     from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
-    from vitsam.seg.request import BOX_THRESHOLD, MAX_DETECTIONS, NMS_IOU, TEXT_THRESHOLD
+    from vitsam.seg.request import (
+        BOX_THRESHOLD,
+        MAX_DETECTIONS,
+        NEGATIVE_IOU,
+        NMS_IOU,
+        TEXT_THRESHOLD,
+    )
     from vitsam.seg.videoio import FOLDER_FPS
 
     p = sub.add_parser(
@@ -45,7 +51,30 @@ def add_commands(sub) -> None:
         "image; negative numbers work: --box -20,-20,100,100",
     )
     p.add_argument(
-        "--box-threshold", type=float, default=BOX_THRESHOLD, help="0..1 (default %(default)s)"
+        "--box-threshold",
+        action=ThresholdFlag,
+        default=BOX_THRESHOLD,
+        metavar="[CLASS=]T",
+        help="0..1 (default %(default)s); CLASS=T sets one class's, repeatable: "
+        "--box-threshold 0.3 --box-threshold cat=0.5",
+    )
+    p.add_argument(
+        "--negative",
+        default="",
+        metavar="PHRASES",
+        help="what must not be labelled, e.g. 'toy car. poster of a car': a detection these "
+        "describe better, or that overlaps one of theirs (--negative-iou), is dropped",
+    )
+    p.add_argument(
+        "--negative-iou", type=float, default=NEGATIVE_IOU, metavar="IOU",
+        help="overlap with a negative phrase's detection that drops a detection (0 = by "
+        "label only; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--classes",
+        metavar="FILE",
+        help="class map, YAML or JSON: 'cat: [kitten, tabby cat]' (several phrases, one "
+        "label); with or without --prompt",
     )
     p.add_argument(
         "--text-threshold", type=float, default=TEXT_THRESHOLD, help="0..1 (default %(default)s)"
@@ -117,8 +146,26 @@ def add_commands(sub) -> None:
         default=1,
         help="Ray workers, each with its own models (one GPU each where there are GPUs)",
     )
-    p.set_defaults(func=cmd_segment)
+    p.set_defaults(func=cmd_segment, class_box_thresholds={})
 
+
+
+class ThresholdFlag(argparse.Action):
+    """--box-threshold T (the default) or CLASS=T (one class's), repeatable; the classes'
+    go to `class_box_thresholds`."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        name, _, number = value.rpartition("=")
+        try:
+            threshold = float(number)
+        except ValueError:
+            parser.error(f"{option_string}: {value!r} is not T or CLASS=T (T a number 0..1)")
+        if name:
+            extra = dict(getattr(namespace, "class_box_thresholds", None) or {})
+            extra[name] = threshold
+            namespace.class_box_thresholds = extra
+        else:
+            setattr(namespace, self.dest, threshold)
 
 
 def box_value(text: str) -> tuple[float, float, float, float]:
@@ -150,7 +197,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from vitsam.seg.labelset import LabelSet, named_images, parse_exports
     from vitsam.seg.local_runner import Outcome, Outputs, segment_folder
-    from vitsam.seg.request import check_box_segmenter, check_boxes, check_options, split_prompt
+    from vitsam.seg.request import check_box_segmenter, check_options
     from vitsam.seg.results import FORMATS, parse_formats
     from vitsam.seg.videoio import is_video_path
 
@@ -161,12 +208,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     exports = parse_exports(args.export)
     labelled = bool(exports) or args.engine == "ray"  # a LabelSet folder: resumable
     formats = parse_formats(args.format or ("json" if labelled else ",".join(FORMATS)), FORMATS)
-    if args.box:  # bad boxes, prompts and options fail before any model loads
-        check_boxes(args.box)
-    else:
-        split_prompt(args.prompt or "")
-    check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections)
+    check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections,
+                  args.negative_iou)  # fmt: skip
     settings = _label_settings(args)
+    settings.check()  # bad boxes, prompts, class maps and names fail before any model loads
     if args.engine == "ray":
         return _segment_ray(args, settings, formats, exports)
     from transformers.utils import logging as hf_logging
@@ -215,8 +260,13 @@ def _detection_options(args: argparse.Namespace) -> dict:
 
 def _label_settings(args: argparse.Namespace):
     from vitsam.seg.labelset import LabelSettings
+    from vitsam.seg.request import load_classes
 
     return LabelSettings(
+        negative=args.negative,
+        negative_iou=args.negative_iou,
+        classes=load_classes(args.classes) if args.classes else {},
+        box_thresholds=dict(args.class_box_thresholds),
         prompt=args.prompt or "",
         boxes=[list(b) for b in args.box or []],
         detector=args.detector,
@@ -282,6 +332,11 @@ def _segment_videos(args: argparse.Namespace) -> int:
 
     if args.export or args.engine != "local":
         raise VitsamError("--export and --engine ray take images, not videos: leave them out")
+    if args.negative or args.classes or args.class_box_thresholds:
+        raise VitsamError(
+            "--negative, --classes and per-class --box-threshold take images, not videos yet: "
+            "leave them out"
+        )
     formats = parse_formats(args.format or ",".join(VIDEO_FORMATS), VIDEO_FORMATS, "for a video")
     if args.box:
         check_boxes(args.box)

@@ -31,10 +31,12 @@ from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from vitsam.seg.request import (
     BOX_THRESHOLD,
     MAX_DETECTIONS,
+    NEGATIVE_IOU,
     NMS_IOU,
     TEXT_THRESHOLD,
+    Prompt,
     check_boxes,
-    split_prompt,
+    text_native,
 )
 
 Entry = tuple[Path | str, str]  # (a local path or a URI, the image's output name)
@@ -57,9 +59,17 @@ class LabelSettings:
     text_threshold: float = TEXT_THRESHOLD
     nms_iou: float = NMS_IOU
     max_detections: int = MAX_DETECTIONS
+    negative: str = ""  # phrases that must not be labelled (request.Prompt)
+    classes: dict[str, list[str]] = field(default_factory=dict)  # class -> its phrases
+    box_thresholds: dict[str, float] = field(default_factory=dict)  # class -> threshold
+    negative_iou: float = NEGATIVE_IOU
+
+    def request(self) -> Prompt:
+        """The prompt, class map, negatives and per-class thresholds, resolved and checked."""
+        return Prompt.parse(self.prompt, self.classes or None, self.negative, self.box_thresholds)
 
     def categories(self) -> list[str]:
-        return ["box"] if self.boxes else split_prompt(self.prompt)
+        return ["box"] if self.boxes else list(self.request().classes)
 
     def check(self) -> None:
         """Raise VitsamError for an empty prompt, a bad box or an unknown model name."""
@@ -68,8 +78,9 @@ class LabelSettings:
         if self.boxes:
             check_boxes(self.boxes)
         else:
-            self.categories()
-            resolve(self.detector, DETECTORS, "detector")
+            self.request()
+            if not text_native(self.segmenter):  # SAM 3 is its own detector
+                resolve(self.detector, DETECTORS, "detector")
         resolve(self.segmenter, SEGMENTERS, "segmenter")
 
     def load(self, device: str = "auto", precision: str = "auto"):
@@ -85,13 +96,16 @@ class LabelSettings:
             text_threshold=self.text_threshold,
             nms_iou=self.nms_iou,
             max_detections=self.max_detections,
+            negative_iou=self.negative_iou,
         )
 
     def segment(self, segmenter, image: Image.Image):
         """One RGB image -> its Segmentation, by the prompt or the boxes."""
         if self.boxes:
             return segmenter.segment_boxes(image, self.boxes, prompt=self.prompt)
-        return segmenter.segment(image, self.prompt)
+        result = segmenter.segment(image, self.request())
+        result.prompt = self.prompt
+        return result
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
@@ -128,8 +142,11 @@ class LabelSet:
         manifest, mine = self.root / "run.json", settings.to_json()
         if manifest.exists():
             theirs = json.loads(manifest.read_text())
+            before = LabelSettings().to_json()  # a field newer than the folder: its default
             changed = [
-                f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v
+                f"{k} {theirs.get(k, before[k])!r} -> {v!r}"
+                for k, v in mine.items()
+                if theirs.get(k, before[k]) != v
             ]
             if changed:
                 raise VitsamError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +19,12 @@ from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from vitsam.seg.request import (
     BOX_THRESHOLD,
     MAX_DETECTIONS,
+    NEGATIVE_IOU,
     NMS_IOU,
     TEXT_THRESHOLD,
+    Prompt,
     check_boxes,
     check_options,
-    split_prompt,
     text_native,
 )
 from vitsam.seg.results import Detection, Segmentation
@@ -55,11 +56,13 @@ class TextSegmenter:
         text_threshold: float = TEXT_THRESHOLD,
         nms_iou: float = NMS_IOU,
         max_detections: int = MAX_DETECTIONS,
+        negative_iou: float = NEGATIVE_IOU,
     ) -> None:
-        check_options(box_threshold, text_threshold, nms_iou, max_detections)
+        check_options(box_threshold, text_threshold, nms_iou, max_detections, negative_iou)
         self.detector, self.segmenter = detector, segmenter
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.nms_iou, self.max_detections = nms_iou, max_detections
+        self.negative_iou = negative_iou
 
     @property
     def detector_name(self) -> str:
@@ -94,16 +97,29 @@ class TextSegmenter:
     def segment(
         self,
         image: ImageLike | Sequence[ImageLike],
-        prompt: str | Sequence[str],
-        box_threshold: float | None = None,
+        prompt: str | Prompt | Sequence[str],
+        box_threshold: float | Mapping[str, float] | None = None,
         text_threshold: float | None = None,
+        *,
+        negative: str = "",
+        classes: Mapping[str, str | Sequence[str]] | None = None,
     ) -> Segmentation | list[Segmentation]:
         """All phrases of `prompt` ('cat. remote control', 'cat, dog') in one detector pass.
 
+        `classes` {'cat': ['kitten', 'tabby cat']} adds classes of several phrases each (the
+        labels are class names); `negative` 'toy cat. poster' names what must not be
+        labelled: a detection labelled with a negative phrase is dropped, and so is one that
+        overlaps a negative phrase's detection by IoU >= negative_iou (the result counts
+        what each removed). `box_threshold` a number, or {class: threshold} overriding the
+        default for those classes. `prompt` may be a ready request.Prompt instead.
+
         A list of images gives a list of results, one per image, in order (as lang-sam's
         `predict`): `prompt` is then one prompt for all or a list of the same length.
-        Raises VitsamError for an empty prompt or mismatched lists.
+        Raises VitsamError for an empty prompt, mismatched lists or a bad class map.
         """
+        overrides = box_threshold if isinstance(box_threshold, Mapping) else None
+        default_box = None if overrides is not None else box_threshold
+        options = dict(negative=negative, classes=classes)
         if isinstance(image, (list, tuple)):
             prompts = [prompt] * len(image) if isinstance(prompt, str) else list(prompt)
             if len(prompts) != len(image):
@@ -112,30 +128,39 @@ class TextSegmenter:
                     "or one per image"
                 )
             for p in prompts:  # every prompt is checked before the first image is done
-                split_prompt(p)
-            return [self.segment(i, p, box_threshold, text_threshold) for i, p in zip(image, prompts)]
-        if not isinstance(prompt, str):
+                if not isinstance(p, Prompt):
+                    Prompt.parse(p, classes, negative, overrides)
+            return [self.segment(i, p, box_threshold, text_threshold, **options)
+                    for i, p in zip(image, prompts)]  # fmt: skip
+        if isinstance(prompt, Prompt):
+            request, text = prompt, ", ".join(prompt.classes)
+        elif isinstance(prompt, str):
+            request, text = Prompt.parse(prompt, **options, box_thresholds=overrides), prompt
+        else:
             raise VitsamError(
                 "one image takes one prompt string: join phrases with '.' or ',' ('cat, dog'), "
                 "or pass a list of images"
             )
-        phrases = split_prompt(prompt)
         if self.detector is None:
             raise VitsamError("this TextSegmenter has no detector: load one, or give boxes")
-        check_options(box_threshold, text_threshold)
+        check_options(default_box, text_threshold)
+        default_box = self.box_threshold if default_box is None else default_box
         pil, name = as_image(image)
         t0 = time.perf_counter()
         found = self.detector.detect(
             pil,
-            phrases,
-            self.box_threshold if box_threshold is None else box_threshold,
+            request.phrases,
+            min([default_box, *request.box_thresholds.values()]),  # then per class, below
             self.text_threshold if text_threshold is None else text_threshold,
         )
+        found, removed = apply_prompt(found, request, default_box, self.negative_iou)
         if self.nms_iou > 0:
             found = nms(found, self.nms_iou)
         found = found[: self.max_detections]
         t1 = time.perf_counter()
-        result = self._masks(pil, name, prompt, found)
+        result = self._masks(pil, name, text, found)
+        result.request = request.to_json()
+        result.negatives = [{"phrase": n, "removed": removed[n]} for n in request.negatives]
         result.timings["detector"] = t1 - t0
         return result
 
@@ -177,6 +202,44 @@ class TextSegmenter:
                 d.mask, d.mask_score = m, float(s)
         result.timings.update(image_encoder=t1 - t0, mask_decoder=time.perf_counter() - t1)
         return result
+
+
+def apply_prompt(
+    found: list[Detection], prompt: Prompt, box_threshold: float, negative_iou: float
+) -> tuple[list[Detection], dict[str, int]]:
+    """The detector's answer to `prompt.phrases` -> the detections to keep, labelled with
+    their class, and how many each negative phrase removed.
+
+    A detection labelled with a negative phrase is dropped (it is not a class); a positive
+    one is dropped when it scores at or under its class's box threshold, or overlaps a
+    negative phrase's detection by IoU >= `negative_iou` (0: never; counted for the most
+    overlapping negative). Order (by score) is kept.
+    """
+    negative = [d for d in found if d.label in prompt.negatives]
+    removed = dict.fromkeys(prompt.negatives, 0)
+    for d in negative:
+        removed[d.label] += 1
+    kept = []
+    for d in found:
+        if d.label in prompt.negatives or d.score <= prompt.threshold(d.label, box_threshold):
+            continue
+        overlaps = [(box_iou(d.box, n.box), n.label) for n in negative]
+        worst = max(overlaps, default=(0.0, ""))
+        if negative_iou > 0 and worst[0] >= negative_iou:  # 0: by label only
+            removed[worst[1]] += 1
+            continue
+        d.label = prompt.class_of[d.label]
+        kept.append(d)
+    return kept, removed
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two XYXY boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def load_segmenter(

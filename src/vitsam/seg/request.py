@@ -8,6 +8,9 @@ from __future__ import annotations
 import numbers
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +23,7 @@ TEXT_THRESHOLD = 0.25
 NMS_IOU = 0.0  # IoU for NMS across phrases; 0 = off
 MAX_DETECTIONS = 100  # per image, best first
 MAX_DETECTIONS_LIMIT = 1000  # the most one HTTP request may ask for
+NEGATIVE_IOU = 0.5  # a detection overlapping a negative phrase's detection this much goes
 # Phrases are separated by periods (Grounding DINO's convention), commas (how people
 # write lists) and line breaks.
 SEPARATORS = re.compile(r"[.,]")
@@ -97,11 +101,12 @@ def check_options(
     text_threshold: float | None = None,
     nms_iou: float | None = None,
     max_detections: int | None = None,
+    negative_iou: float | None = None,
 ) -> None:
     """Thresholds and NMS IoU in [0, 1], max_detections a count >= 0 (None: not given).
     Raises VitsamError naming the option."""
     for name, v in (("box_threshold", box_threshold), ("text_threshold", text_threshold),
-                    ("nms_iou", nms_iou)):  # fmt: skip
+                    ("nms_iou", nms_iou), ("negative_iou", negative_iou)):  # fmt: skip
         if v is not None and not 0.0 <= v <= 1.0:  # False for nan too
             raise VitsamError(f"{name} must be between 0 and 1, got {v}")
     if max_detections is not None and (
@@ -133,3 +138,138 @@ def check_box_segmenter(segmenter: str) -> None:
     it loads."""
     if text_native(segmenter):
         raise no_box_prompts(segmenter)
+
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A request's text, resolved: the phrases the detector is asked for, the class each
+    names, the negative phrases, and per-class box thresholds.
+
+    `classes` are the labels results carry (and the dataset's categories), in order: each
+    plain phrase of the prompt is its own class, then the class map's classes. Build it
+    with `Prompt.parse`.
+    """
+
+    classes: tuple[str, ...]
+    class_of: dict[str, str]  # every positive phrase -> its class
+    negatives: tuple[str, ...] = ()
+    box_thresholds: dict[str, float] = field(default_factory=dict)  # class -> threshold
+
+    @property
+    def phrases(self) -> list[str]:
+        """What the detector is asked for: the positive phrases, then the negatives."""
+        return [*self.class_of, *self.negatives]
+
+    def threshold(self, label: str, default: float) -> float:
+        return self.box_thresholds.get(self.class_of.get(label, label), default)
+
+    @classmethod
+    def parse(
+        cls,
+        prompt: str = "",
+        classes: Mapping[str, str | Sequence[str]] | None = None,
+        negative: str = "",
+        box_thresholds: Mapping[str, float] | None = None,
+    ) -> Prompt:
+        """`prompt` 'cat. dog' (each phrase its own class), `classes` {'cat': ['kitten',
+        'tabby cat']} (several phrases, one class), `negative` 'toy cat. poster' (what must
+        not be labelled) and `box_thresholds` {'cat': 0.5} (overrides of the default).
+
+        Raises VitsamError for no positive phrase, a class listed twice, a phrase under two
+        classes, a negative that is also a positive phrase, an empty class, or a threshold
+        for a class the request does not have or outside 0..1.
+        """
+        class_of: dict[str, str] = {}
+        order: list[str] = []
+
+        def add(name: str, phrases: list[str]) -> None:
+            if name in order:
+                raise VitsamError(f"class {name!r} is listed twice: list it once")
+            order.append(name)
+            for p in phrases:
+                if p in class_of:
+                    raise VitsamError(
+                        f"phrase {p!r} is under both {class_of[p]!r} and {name!r}: keep it in one"
+                    )
+                class_of[p] = name
+
+        if not isinstance(prompt, str) or prompt.strip():  # split_prompt names a non-string
+            for p in split_prompt(prompt):
+                add(p, [p])
+        if classes is not None and not isinstance(classes, Mapping):
+            raise VitsamError("a class map is a mapping of class name to its phrases")
+        for raw, phrases in (classes or {}).items():
+            name = " ".join(normalize_text(str(raw)).split()).lower()
+            if not name:
+                raise VitsamError("a class map has an empty class name")
+            if isinstance(phrases, str):
+                phrases = [phrases]
+            if not isinstance(phrases, Sequence) or not phrases:
+                raise VitsamError(f"class {name!r} has no phrases: give a list, e.g. [kitten]")
+            try:
+                add(name, [q for p in phrases for q in split_prompt(str(p))])
+            except VitsamError as e:
+                raise VitsamError(f"class {name!r}: {e}") from None
+        if not class_of:
+            raise VitsamError(
+                "empty prompt: give at least one phrase, e.g. 'cat. remote control'"
+                + (" (the class map has no classes)" if classes is not None else "")
+            )
+        negatives = split_prompt(negative) if negative.strip() else []
+        for n in negatives:
+            if n in class_of:
+                raise VitsamError(f"{n!r} is both a phrase and a negative phrase: keep one")
+        thresholds = {}
+        for raw, value in (box_thresholds or {}).items():
+            name = " ".join(normalize_text(str(raw)).split()).lower()
+            if name not in order:
+                raise VitsamError(
+                    f"box threshold for {name!r}, which is not a class here ({', '.join(order)})"
+                )
+            check_options(box_threshold=value)
+            thresholds[name] = float(value)
+        return cls(tuple(order), class_of, tuple(negatives), thresholds)
+
+    def to_json(self) -> dict:
+        """What results record of the request beyond the prompt text."""
+        out: dict = {}
+        if any(c != p for p, c in self.class_of.items()):
+            out["classes"] = {c: [p for p, k in self.class_of.items() if k == c] for c in self.classes}
+        if self.box_thresholds:
+            out["box_thresholds"] = dict(self.box_thresholds)
+        return out
+
+
+def load_classes(path: str | Path) -> dict[str, list[str]]:
+    """A class map file (YAML or JSON: `cat: [kitten, tabby cat]`) -> {class: phrases}.
+
+    Raises VitsamError for a missing or unreadable file, one that is not a mapping, or a
+    class listed twice (YAML itself would keep the last silently).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise VitsamError(f"{path}: no such class map file")
+
+    class Unique(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        keys = [loader.construct_object(k) for k, _ in node.value]
+        twice = next((k for k in keys if keys.count(k) > 1), None)
+        if twice is not None:
+            raise VitsamError(f"{path}: class {twice!r} is listed twice: list it once")
+        return loader.construct_mapping(node)
+
+    Unique.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Unique)  # noqa: S506
+    except yaml.YAMLError as e:
+        raise VitsamError(f"{path}: not YAML or JSON ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise VitsamError(f"{path}: cannot read ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise VitsamError(f"{path}: a class map is a mapping, e.g. 'cat: [kitten, tabby cat]'")
+    return {str(k): v for k, v in data.items()}

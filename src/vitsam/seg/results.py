@@ -89,6 +89,10 @@ class Segmentation:
     segmenter: str
     detections: list[Detection] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, not in JSON
+    # what the request asked beyond the prompt text (request.Prompt.to_json: a class map,
+    # per-class box thresholds) and, per negative phrase, how many detections it removed
+    request: dict = field(default_factory=dict)
+    negatives: list[dict] = field(default_factory=list)  # [{"phrase": ..., "removed": N}]
 
     def to_json(self) -> dict:
         """The documented JSON document; masks as COCO compressed RLE (pycocotools)."""
@@ -99,6 +103,8 @@ class Segmentation:
             "prompt": self.prompt,
             "detector": self.detector,
             "segmenter": self.segmenter,
+            **self.request,
+            **({"negatives": self.negatives} if self.negatives else {}),
             "detections": [d.to_json() for d in self.detections],
         }
 

@@ -18,7 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from vitsam import __version__
 from vitsam.errors import VitsamError
 from vitsam.images import decode_image
-from vitsam.seg.request import BOX_THRESHOLD, MAX_DETECTIONS, MAX_DETECTIONS_LIMIT, TEXT_THRESHOLD
+from vitsam.seg.request import (
+    BOX_THRESHOLD,
+    MAX_DETECTIONS,
+    MAX_DETECTIONS_LIMIT,
+    NEGATIVE_IOU,
+    TEXT_THRESHOLD,
+)
 from vitsam.serve.auth import TokenGuard
 from vitsam.serve.service import Busy, NotReady, SegmentService
 
@@ -101,6 +107,14 @@ def create_app(
         box_threshold: float = Form(BOX_THRESHOLD, ge=0.0, le=1.0),
         text_threshold: float = Form(TEXT_THRESHOLD, ge=0.0, le=1.0),
         max_detections: int = Form(MAX_DETECTIONS, ge=0, le=MAX_DETECTIONS_LIMIT),
+        negative: str = Form("", description="phrases that must not be labelled, e.g. 'toy car'"),
+        negative_iou: float = Form(NEGATIVE_IOU, ge=0.0, le=1.0),
+        classes: str = Form(
+            "", description='JSON class map: {"cat": ["kitten", "tabby cat"]} (labels = classes)'
+        ),
+        box_thresholds: str = Form(
+            "", description='JSON per-class box thresholds, e.g. {"cat": 0.5}'
+        ),
         boxes: str = Form(
             "",
             description="JSON list of [x1, y1, x2, y2] pixel boxes, instead of a prompt; "
@@ -117,6 +131,8 @@ def create_app(
         ),
     ):
         box_list = _parse_boxes(boxes)
+        class_map = _parse_object(classes, "classes", '{"cat": ["kitten", "tabby cat"]}')
+        thresholds = _parse_object(box_thresholds, "box_thresholds", '{"cat": 0.5}')
         name = image.filename or "upload"  # for messages and the JSON only, never a path here
         picture = decode_image(await image.read(), name)
         result = await run_in_threadpool(
@@ -127,6 +143,10 @@ def create_app(
             box_threshold=box_threshold,
             text_threshold=text_threshold,
             max_detections=max_detections,
+            negative=negative,
+            negative_iou=negative_iou,
+            classes=class_map,
+            box_thresholds=thresholds,
             detector=detector or None,
             segmenter=segmenter or None,
             name=name,
@@ -140,6 +160,19 @@ def create_app(
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 2**20))
     app.add_middleware(TokenGuard, token=token)  # outermost: no body is read before it
     return app
+
+
+def _parse_object(text: str, field: str, example: str) -> dict | None:
+    """A JSON-object form field ('' -> None); request.Prompt checks what is inside."""
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise VitsamError(f"{field} must be a JSON object, e.g. {example}")
+    return value
 
 
 def _parse_boxes(text: str):

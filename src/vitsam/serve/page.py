@@ -19,13 +19,13 @@ def build_page(service: SegmentService):
 
     from vitsam.seg.results import save
 
-    def run(image, prompt, box_threshold, text_threshold, detector, segmenter):
+    def run(image, prompt, box_threshold, text_threshold, detector, segmenter, negative=""):
         if image is None:
             raise gr.Error("Upload an image first.")
         try:
             result = service.segment(image, prompt=prompt, box_threshold=box_threshold,
                                      text_threshold=text_threshold, detector=detector,
-                                     segmenter=segmenter)  # fmt: skip
+                                     segmenter=segmenter, negative=negative or "")  # fmt: skip
         except VitsamError as e:
             raise gr.Error(str(e)) from None
         rows = [[d.label, round(d.score, 3), [round(v, 1) for v in d.box], round(d.mask_score, 3), d.area]
@@ -47,6 +47,14 @@ def build_page(service: SegmentService):
                 )
                 prompt = gr.Textbox(
                     label="Prompt", placeholder="cat. remote control", elem_id="prompt"
+                )
+                negative = gr.Textbox(
+                    "",
+                    label="Not these (negative phrases)",
+                    placeholder="toy cat. poster of a cat",
+                    info="a detection that these describe better, or that overlaps one of "
+                    "theirs, is dropped",
+                    elem_id="negative",
                 )
                 with gr.Row():
                     box_t = gr.Slider(0.0, 1.0, BOX_THRESHOLD, step=0.01, label="Box threshold")
@@ -70,6 +78,8 @@ def build_page(service: SegmentService):
         if examples:
             gr.Examples([[str(e), e.stem] for e in examples], inputs=[image, prompt])
         button.click(
-            run, [image, prompt, box_t, text_t, detector, segmenter], [overlay, table, files]
+            run,
+            [image, prompt, box_t, text_t, detector, segmenter, negative],
+            [overlay, table, files],
         )
     return page

@@ -10,7 +10,14 @@ from PIL import Image
 
 from vitsam.errors import VitsamError
 from vitsam.seg.pipeline import TextSegmenter
-from vitsam.seg.request import BOX_THRESHOLD, MAX_DETECTIONS, TEXT_THRESHOLD, check_boxes
+from vitsam.seg.request import (
+    BOX_THRESHOLD,
+    MAX_DETECTIONS,
+    NEGATIVE_IOU,
+    TEXT_THRESHOLD,
+    Prompt,
+    check_boxes,
+)
 from vitsam.seg.results import Segmentation
 
 log = logging.getLogger("vitsam")
@@ -94,31 +101,40 @@ class SegmentService:
         box_threshold: float = BOX_THRESHOLD,
         text_threshold: float = TEXT_THRESHOLD,
         max_detections: int = MAX_DETECTIONS,
+        negative: str = "",
+        negative_iou: float = NEGATIVE_IOU,
+        classes: dict | None = None,
+        box_thresholds: dict | None = None,
         detector: str | None = None,
         segmenter: str | None = None,
         name: str = "upload",
     ) -> Segmentation:
         """One request, through the queue (keywords only: no two thresholds can swap).
         Boxes (XYXY pixels) replace the prompt's detector; a text-native segmenter (sam3)
-        needs none, and `detector` is then ignored. Raises Busy, NotReady or VitsamError."""
+        needs none, and `detector` is then ignored. `negative`, `classes` and `box_thresholds`
+        ({class: threshold}) as for TextSegmenter.segment. Raises Busy, NotReady or
+        VitsamError (a bad prompt or class map before the request takes a place in the queue)."""
         if not self.ready:
             raise NotReady(self.error or "models are still loading; retry shortly")
         if boxes is not None:  # a bad box fails before it takes a place in the queue
             boxes = check_boxes(boxes)
         use_boxes = boxes is not None and len(boxes) > 0
+        request = None if use_boxes else Prompt.parse(prompt, classes, negative, box_thresholds)
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
         if seg.text_native:  # its own detector
             det = seg
         else:
             det = self._pick("detector", detector or self.detectors[0], self.detectors)
         pipeline = TextSegmenter(
-            det, seg, box_threshold, text_threshold, max_detections=max_detections
-        )
+            det, seg, box_threshold=box_threshold, text_threshold=text_threshold,
+            max_detections=max_detections, negative_iou=negative_iou,
+        )  # fmt: skip
         with self.admission, self.admission.lock:
             if use_boxes:
                 result = pipeline.segment_boxes(image, boxes, prompt=prompt)
             else:
-                result = pipeline.segment(image, prompt)
+                result = pipeline.segment(image, request)
+                result.prompt = prompt
         result.image = name
         return result
 
