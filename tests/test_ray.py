@@ -33,7 +33,8 @@ def photos(tmp_path):
 def segment(models, *args):
     argv = ["segment", *args, "--detector", models["grounding_dino"], "--segmenter",
             models["sam2"], "--device", "cpu", "--quiet", "--prompt", "cat. dog",
-            "--box-threshold", "0", "--text-threshold", "0", "--max-detections", "2"]  # fmt: skip
+            "--box-threshold", "0", "--text-threshold", "0", "--max-detections", "2",
+            "--negative", "bird", "--box-threshold", "dog=0.1"]  # fmt: skip
     return main(argv)
 
 
@@ -52,6 +53,8 @@ def test_ray_gives_the_plain_runs_results_and_resumes(cluster, models, photos, t
     assert sorted(p.name for p in (spread / "results").iterdir()) == names
     for name in names:  # same decoding, same models, same settings: the same documents
         expected = json.loads((plain / "results" / name).read_text())
+        assert expected["negatives"][0]["phrase"] == "bird"  # the request's rules reach workers
+        assert expected["box_thresholds"] == {"dog": 0.1}
         assert json.loads((spread / "results" / name).read_text()) == expected
     assert (spread / "annotations.json").read_text() == (plain / "annotations.json").read_text()
 
