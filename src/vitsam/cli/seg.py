@@ -51,6 +51,20 @@ def add_commands(sub) -> None:
         "image; negative numbers work: --box -20,-20,100,100",
     )
     p.add_argument(
+        "--point",
+        action="append",
+        type=point_value,
+        metavar="X,Y",
+        help="a click on the object, for SAM / SAM 2 (repeatable; with at most one --box)",
+    )
+    p.add_argument(
+        "--neg-point",
+        action="append",
+        type=point_value,
+        metavar="X,Y",
+        help="a click on the background: not part of the object (repeatable)",
+    )
+    p.add_argument(
         "--box-threshold",
         action=ThresholdFlag,
         default=BOX_THRESHOLD,
@@ -168,6 +182,15 @@ class ThresholdFlag(argparse.Action):
             setattr(namespace, self.dest, threshold)
 
 
+def point_value(text: str) -> tuple[float, float]:
+    """'X,Y' -> two numbers, pixels; the rules (finite, on the image) are check_points'."""
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y in pixels") from None
+    return x, y
+
+
 def box_value(text: str) -> tuple[float, float, float, float]:
     """'X1,Y1,X2,Y2' -> four numbers; the rules (finite, ordered, clamped) are check_boxes'."""
     try:
@@ -201,7 +224,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from vitsam.seg.results import FORMATS, parse_formats
     from vitsam.seg.videoio import is_video_path
 
-    if args.box:
+    if args.box or args.point or args.neg_point:
         check_box_segmenter(args.segmenter)
     if args.video or any(is_video_path(Path(p)) for p in args.inputs):
         return _segment_videos(args)
@@ -269,6 +292,7 @@ def _label_settings(args: argparse.Namespace):
         box_thresholds=dict(args.class_box_thresholds),
         prompt=args.prompt or "",
         boxes=[list(b) for b in args.box or []],
+        points=[[*p, 1] for p in args.point or []] + [[*p, 0] for p in args.neg_point or []],
         detector=args.detector,
         segmenter=args.segmenter,
         **_detection_options(args),
@@ -332,10 +356,10 @@ def _segment_videos(args: argparse.Namespace) -> int:
 
     if args.export or args.engine != "local":
         raise VitsamError("--export and --engine ray take images, not videos: leave them out")
-    if args.negative or args.classes or args.class_box_thresholds:
+    if args.negative or args.classes or args.class_box_thresholds or args.point or args.neg_point:
         raise VitsamError(
-            "--negative, --classes and per-class --box-threshold take images, not videos yet: "
-            "leave them out"
+            "--negative, --classes, per-class --box-threshold and --point take images, not "
+            "videos yet: leave them out"
         )
     formats = parse_formats(args.format or ",".join(VIDEO_FORMATS), VIDEO_FORMATS, "for a video")
     if args.box:

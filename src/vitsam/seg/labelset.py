@@ -36,6 +36,8 @@ from vitsam.seg.request import (
     TEXT_THRESHOLD,
     Prompt,
     check_boxes,
+    check_points,
+    no_box_prompts,
     text_native,
 )
 
@@ -53,6 +55,7 @@ class LabelSettings:
 
     prompt: str = ""  # phrases separated by '.'; the dataset's categories, in this order
     boxes: list[list[float]] = field(default_factory=list)  # XYXY pixels: no detector
+    points: list[list[float]] = field(default_factory=list)  # [X, Y, LABEL] clicks: no detector
     detector: str = DEFAULT_DETECTOR
     segmenter: str = DEFAULT_SEGMENTER
     box_threshold: float = BOX_THRESHOLD
@@ -69,15 +72,23 @@ class LabelSettings:
         return Prompt.parse(self.prompt, self.classes or None, self.negative, self.box_thresholds)
 
     def categories(self) -> list[str]:
+        if self.points:
+            return ["object"]
         return ["box"] if self.boxes else list(self.request().classes)
 
     def check(self) -> None:
         """Raise VitsamError for an empty prompt, a bad box or an unknown model name."""
         from vitsam.seg.registry import DETECTORS, SEGMENTERS, resolve
 
+        if self.points:
+            check_points(self.points)
+            if len(self.boxes) > 1:
+                raise VitsamError("clicks take at most one box with them: give one --box")
+            if text_native(self.segmenter):
+                raise no_box_prompts(self.segmenter)
         if self.boxes:
             check_boxes(self.boxes)
-        else:
+        elif not self.points:
             self.request()
             if not text_native(self.segmenter):  # SAM 3 is its own detector
                 resolve(self.detector, DETECTORS, "detector")
@@ -88,7 +99,7 @@ class LabelSettings:
         from vitsam.seg.pipeline import TextSegmenter
 
         return TextSegmenter.from_pretrained(
-            detector=None if self.boxes else self.detector,
+            detector=None if self.boxes or self.points else self.detector,
             segmenter=self.segmenter,
             device=device,
             precision=precision,
@@ -101,6 +112,9 @@ class LabelSettings:
 
     def segment(self, segmenter, image: Image.Image):
         """One RGB image -> its Segmentation, by the prompt or the boxes."""
+        if self.points:
+            box = self.boxes[0] if self.boxes else None
+            return segmenter.segment_points(image, self.points, box, prompt=self.prompt)
         if self.boxes:
             return segmenter.segment_boxes(image, self.boxes, prompt=self.prompt)
         result = segmenter.segment(image, self.request())

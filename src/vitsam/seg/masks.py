@@ -7,6 +7,7 @@ that image's size, with the model's predicted IoU per mask (a few masks at a tim
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -33,6 +34,8 @@ class MaskPredictor(Fp32Fallback):
         self._size: tuple[int, int] | None = None  # (H, W) of the current image
         self._inputs: dict = {}
         self._image: Image.Image | None = None
+        self._key: tuple | None = None  # which picture the embeddings are of
+        self.encoded = 0  # image encoder runs so far (a page click must not add one)
 
     @staticmethod
     def from_pretrained(
@@ -54,7 +57,12 @@ class MaskPredictor(Fp32Fallback):
 
     @torch.inference_mode()
     def set_image(self, image: Image.Image) -> None:
-        """Compute the image embedding once (the expensive part)."""
+        """Compute the image embedding once (the expensive part). The same picture again
+        (same size, mode and pixels: a page re-run after a click) keeps the embedding."""
+        key = (image.size, image.mode, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        if key == self._key and self._embeddings is not None and self._embedded_in == self.dtype:
+            return
+        self.encoded, self._key = self.encoded + 1, None
         inputs = self.processor(images=image, return_tensors="pt")
         self._pixels = inputs["pixel_values"]
         self._embeddings = self.run_finite(self._embed, _tensors)
@@ -62,6 +70,7 @@ class MaskPredictor(Fp32Fallback):
         self._size = (image.height, image.width)
         self._inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         self._image = image if self.kind == "sam" else None  # SAM's processor needs it for boxes
+        self._key = key
 
     def _embed(self):
         """Image embeddings (a tensor for SAM, a list for SAM 2), in the autocast dtype."""
@@ -118,6 +127,53 @@ class MaskPredictor(Fp32Fallback):
                 [low_res[i : i + step]], self._inputs["original_sizes"], *extra
             )[0]
             yield masks[:, 0].numpy().astype(bool), scores[i : i + step]
+
+
+    @torch.inference_mode()
+    def predict_points(
+        self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Clicks on the current image, as SAM's own demo takes them: (K, 2) XY pixel
+        points with (K,) labels (1 = object, 0 = background), and at most one XYXY box ->
+        one mask (H, W) bool and its predicted IoU.
+
+        One point alone is ambiguous (a part or the whole): the decoder's three masks are
+        made and the best-scored kept, as SamPredictor's docs advise; otherwise one mask.
+        Raises VitsamError before set_image.
+        """
+        if self._embeddings is None:
+            raise VitsamError("MaskPredictor.predict called before set_image: set an image first")
+        h, w = self._size
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        prompt_args = {
+            "input_points": [[points.tolist()]],  # (image, object, point, XY)
+            "input_labels": [[labels.tolist()]],  # (image, object, point)
+        }
+        if box is not None:
+            prompt_args["input_boxes"] = [[np.asarray(box, dtype=np.float32).tolist()]]
+        if self.kind == "sam2":
+            prompt = self.processor(original_sizes=[[h, w]], return_tensors="pt", **prompt_args)
+        else:
+            prompt = self.processor(images=self._image, return_tensors="pt", **prompt_args)
+        several = len(points) == 1 and box is None
+
+        def run():
+            if self._embedded_in != self.dtype:  # after a switch to fp32
+                self._embeddings, self._embedded_in = self._embed(), self.dtype
+            given = {k: prompt[k].to(self.device) for k in prompt_args}
+            for k in ("input_points", "input_boxes"):
+                if k in given:
+                    given[k] = given[k].float()
+            return self.model(image_embeddings=self._embeddings, multimask_output=several, **given)
+
+        out = self.run_finite(run, lambda o: (o.pred_masks, o.iou_scores))
+        scores = out.iou_scores.float().cpu()[0, 0]  # (masks,)
+        best = int(scores.argmax())
+        low_res = out.pred_masks.float().cpu()[0, :, best : best + 1]  # (1, 1, h', w')
+        extra = [self._inputs["reshaped_input_sizes"]] if self.kind == "sam" else []
+        mask = self.processor.post_process_masks([low_res], self._inputs["original_sizes"], *extra)[0]
+        return mask[0, 0].numpy().astype(bool), float(scores[best])
 
 
 def _tensors(embeddings) -> list[torch.Tensor]:

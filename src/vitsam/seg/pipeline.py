@@ -25,6 +25,8 @@ from vitsam.seg.request import (
     Prompt,
     check_boxes,
     check_options,
+    check_points,
+    no_box_prompts,
     text_native,
 )
 from vitsam.seg.results import Detection, Segmentation
@@ -178,6 +180,29 @@ class TextSegmenter:
         found = [Detection(lab, 1.0, tuple(float(v) for v in b)) for lab, b in zip(labels, boxes)]
         return self._masks(pil, name, prompt, found)
 
+    def segment_points(
+        self, image: ImageLike, points, box=None, label: str = "object", prompt: str = ""
+    ) -> Segmentation:
+        """Clicks, as SAM's demo takes them: [[X, Y, LABEL], ...] pixels (LABEL 1 object, 0
+        background; see request.check_points), with at most one XYXY `box` -> one mask,
+        labelled `label`, its box the mask's extent. The image is encoded once: the same
+        picture again (more clicks) reuses its embedding. Raises VitsamError for bad
+        points, a point off the image or a segmenter that takes no clicks (SAM 3)."""
+        if self.segmenter.text_native:
+            raise no_box_prompts(self.segmenter.name)
+        pil, name = as_image(image)
+        clicks = check_points(points, pil.size)
+        given = None if box is None else check_boxes([list(box)], pil.size)[0]
+        self.segmenter.set_image(pil)
+        mask, score = self.segmenter.predict_points(clicks[:, :2], clicks[:, 2], given)
+        ys, xs = np.nonzero(mask)
+        extent = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        found = [Detection(label, 1.0, tuple(map(float, given)) if given is not None else extent,
+                           mask=mask, mask_score=score)] if mask.any() else []  # fmt: skip
+        result = Segmentation(name, pil.width, pil.height, prompt, "", self.segmenter.name, found)
+        result.request = {"points": clicks.tolist(), **({"box": given.tolist()} if given is not None else {})}
+        return result
+
     def _masks(
         self, image: Image.Image, name: str, prompt: str, found: list[Detection]
     ) -> Segmentation:
@@ -228,7 +253,7 @@ def apply_prompt(
         if negative_iou > 0 and worst[0] >= negative_iou:  # 0: by label only
             removed[worst[1]] += 1
             continue
-        d.label = prompt.class_of[d.label]
+        d.label = prompt.class_of.get(d.label, d.label)  # a label outside the phrases stays
         kept.append(d)
     return kept, removed
 

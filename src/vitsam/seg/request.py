@@ -117,6 +117,37 @@ def check_options(
         raise VitsamError(f"max_detections must be a count of 0 or more, got {max_detections}")
 
 
+def check_points(points, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Clicks, as every interface takes them: [[X, Y, LABEL], ...] (LABEL 1 = on the object,
+    0 = background; [X, Y] alone is 1) -> (K, 3) float64. With the image's `size` (W, H) a
+    point must lie on it. Raises VitsamError saying which rule a point breaks."""
+    shape_error = VitsamError(
+        "points must be a list of [X, Y] or [X, Y, LABEL] (LABEL 1 object, 0 background), "
+        "e.g. [[120, 80, 1], [40, 30, 0]]"
+    )
+    if not isinstance(points, (list, tuple, np.ndarray)) or len(points) == 0:
+        raise shape_error
+    rows = []
+    for p in points:
+        if not isinstance(p, (list, tuple, np.ndarray)) or len(p) not in (2, 3) or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in p
+        ):
+            raise shape_error
+        rows.append([*p, 1] if len(p) == 2 else list(p))
+    out = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise VitsamError("point numbers must be finite: nan and inf are not pixel positions")
+    if not np.isin(out[:, 2], (0, 1)).all():
+        raise VitsamError("a point's label is 1 (on the object) or 0 (background)")
+    if size is not None:
+        w, h = size
+        off = (out[:, 0] < 0) | (out[:, 0] >= w) | (out[:, 1] < 0) | (out[:, 1] >= h)
+        if off.any():
+            x, y = (round(float(v), 2) for v in out[off][0, :2])
+            raise VitsamError(f"point ({x}, {y}) lies outside the {w}x{h} image")
+    return out
+
+
 def text_native(segmenter: str) -> bool:
     """Whether the segmenter named (short name, hub id, folder) finds objects from text
     itself (SAM 3), so that no detector is loaded for it. Raises VitsamError for a name

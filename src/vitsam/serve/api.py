@@ -115,6 +115,11 @@ def create_app(
         box_thresholds: str = Form(
             "", description='JSON per-class box thresholds, e.g. {"cat": 0.5}'
         ),
+        points: str = Form(
+            "",
+            description="JSON list of [x, y, label] clicks (label 1 object, 0 background) for "
+            "SAM / SAM 2, with at most one of `boxes`; instead of a prompt",
+        ),
         boxes: str = Form(
             "",
             description="JSON list of [x1, y1, x2, y2] pixel boxes, instead of a prompt; "
@@ -131,6 +136,7 @@ def create_app(
         ),
     ):
         box_list = _parse_boxes(boxes)
+        point_list = _parse_json(points, "points", "[[120, 80, 1], [40, 30, 0]]")
         class_map = _parse_object(classes, "classes", '{"cat": ["kitten", "tabby cat"]}')
         thresholds = _parse_object(box_thresholds, "box_thresholds", '{"cat": 0.5}')
         name = image.filename or "upload"  # for messages and the JSON only, never a path here
@@ -140,6 +146,7 @@ def create_app(
             picture,
             prompt=prompt,
             boxes=box_list,
+            points=point_list,
             box_threshold=box_threshold,
             text_threshold=text_threshold,
             max_detections=max_detections,
@@ -164,15 +171,20 @@ def create_app(
 
 def _parse_object(text: str, field: str, example: str) -> dict | None:
     """A JSON-object form field ('' -> None); request.Prompt checks what is inside."""
+    value = _parse_json(text, field, example)
+    if value is not None and not isinstance(value, dict):
+        raise VitsamError(f"{field} must be a JSON object, e.g. {example}")
+    return value
+
+
+def _parse_json(text: str, field: str, example: str):
+    """A JSON form field ('' -> None); the library's checks judge the value."""
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise VitsamError(f"{field} must be a JSON object, e.g. {example}")
-    return value
+        raise VitsamError(f"{field} must be JSON, e.g. {example}") from None
 
 
 def _parse_boxes(text: str):

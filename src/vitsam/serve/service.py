@@ -17,6 +17,7 @@ from vitsam.seg.request import (
     TEXT_THRESHOLD,
     Prompt,
     check_boxes,
+    check_points,
 )
 from vitsam.seg.results import Segmentation
 
@@ -98,6 +99,7 @@ class SegmentService:
         *,
         prompt: str = "",
         boxes=None,
+        points=None,
         box_threshold: float = BOX_THRESHOLD,
         text_threshold: float = TEXT_THRESHOLD,
         max_detections: int = MAX_DETECTIONS,
@@ -116,10 +118,15 @@ class SegmentService:
         VitsamError (a bad prompt or class map before the request takes a place in the queue)."""
         if not self.ready:
             raise NotReady(self.error or "models are still loading; retry shortly")
-        if boxes is not None:  # a bad box fails before it takes a place in the queue
+        if boxes is not None:  # a bad box or click fails before it takes a place in the queue
             boxes = check_boxes(boxes)
+        if points is not None:
+            points = check_points(points)
+            if boxes is not None and len(boxes) > 1:
+                raise VitsamError("clicks take at most one box with them")
         use_boxes = boxes is not None and len(boxes) > 0
-        request = None if use_boxes else Prompt.parse(prompt, classes, negative, box_thresholds)
+        prompted = use_boxes or points is not None
+        request = None if prompted else Prompt.parse(prompt, classes, negative, box_thresholds)
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
         if seg.text_native:  # its own detector
             det = seg
@@ -130,7 +137,10 @@ class SegmentService:
             max_detections=max_detections, negative_iou=negative_iou,
         )  # fmt: skip
         with self.admission, self.admission.lock:
-            if use_boxes:
+            if points is not None:
+                box = boxes[0] if use_boxes else None
+                result = pipeline.segment_points(image, points.tolist(), box, prompt=prompt)
+            elif use_boxes:
                 result = pipeline.segment_boxes(image, boxes, prompt=prompt)
             else:
                 result = pipeline.segment(image, request)
