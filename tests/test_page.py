@@ -43,7 +43,9 @@ def test_sign_in_upload_prompt_segment_shows_overlay_and_table(browser, models, 
         page.goto(url + "/", timeout=60_000)  # the token's form first, then the page
         page.locator("#token").fill(TOKEN)
         page.locator("#sign-in").click()
-        page.wait_for_url(url + "/", wait_until="networkidle", timeout=60_000)
+        page.wait_for_url(url + "/", timeout=60_000)
+        page.locator("#segment-button").wait_for(timeout=60_000)  # (the page's heartbeat
+        # stream stays open, so the network is never idle)
         page.locator("#input-image input[type=file]").set_input_files(str(photo))
         page.locator("#prompt textarea").fill("cat. dog")
         page.locator("#segment-button").click()
@@ -52,4 +54,37 @@ def test_sign_in_upload_prompt_segment_shows_overlay_and_table(browser, models, 
         assert overlay.get_attribute("src")
         expect(page.locator("#detections")).to_contain_text(re.compile("cat|dog"), timeout=30_000)
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.close()
+
+
+def test_clicks_on_the_overlay_segment_without_encoding_again(browser, models, tmp_path):
+    """SAM's demo, on the page: each click adds a point and SAM answers on the embedding it
+    has (the server's /healthz counts the image encoder's runs)."""
+    import httpx
+    from playwright.sync_api import expect
+
+    photo = tmp_path / "photo.png"
+    arr = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    arr[30:90, 40:120] = (220, 40, 40)
+    Image.fromarray(arr).save(photo)
+    with server(models) as url:
+
+        def encodings():
+            return sum(httpx.get(url + "/healthz").json()["image_encodings"].values())
+
+        page = browser.new_page()
+        page.goto(url + "/", timeout=60_000)
+        page.locator("#segment-button").wait_for(timeout=60_000)
+        page.locator("#input-image input[type=file]").set_input_files(str(photo))
+        overlay = page.locator("#overlay img")
+        overlay.wait_for(state="visible", timeout=60_000)  # the upload, shown to be clicked
+        before = encodings()
+        overlay.click(position={"x": 10, "y": 10})
+        expect(page.locator("#detections")).to_contain_text("object", timeout=60_000)
+        first = overlay.get_attribute("src")
+        assert encodings() == before + 1  # the first click encodes the image
+        page.locator("#click-kind").get_by_text("background").click()
+        overlay.click(position={"x": 30, "y": 20})
+        expect(overlay).not_to_have_attribute("src", first, timeout=60_000)  # a new overlay
+        assert encodings() == before + 1  # ... on the same embedding
         page.close()

@@ -94,6 +94,7 @@ def create_app(
                 "status": "ok",
                 "detectors": service.detectors,
                 "segmenters": service.segmenters,
+                "image_encodings": service.image_encodings(),
             }
         status = "error" if service.error else "loading"
         return JSONResponse({"status": status, "error": service.error}, status_code=503)

@@ -13,6 +13,22 @@ from vitsam.images import example_images
 from vitsam.seg.request import BOX_THRESHOLD, TEXT_THRESHOLD
 from vitsam.serve.service import SegmentService
 
+OBJECT, BACKGROUND = "object", "background"
+
+
+def mark_clicks(image, clicks, radius: int = 4):
+    """The clicks drawn on the overlay: green on the object, red on the background."""
+    from PIL import ImageDraw
+
+    if not clicks:
+        return image
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for x, y, on in clicks:
+        colour = (40, 220, 60) if on else (230, 40, 40)
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline="white")
+    return image
+
 
 def build_page(service: SegmentService):
     import gradio as gr
@@ -28,15 +44,38 @@ def build_page(service: SegmentService):
                                      segmenter=segmenter, negative=negative or "")  # fmt: skip
         except VitsamError as e:
             raise gr.Error(str(e)) from None
+        return answer(image, result)
+
+    def answer(image, result, clicks=()):
         rows = [[d.label, round(d.score, 3), [round(v, 1) for v in d.box], round(d.mask_score, 3), d.area]
                 for d in result.detections]  # fmt: skip
         out = Path(tempfile.mkdtemp(prefix="vitsam-"))
         files = save(result, image, out, "segmentation", ("masks", "json"))
-        return result.overlay(image), rows, [str(f) for f in files]
+        return mark_clicks(result.overlay(image), clicks), rows, [str(f) for f in files]
+
+    def click(image, clicks, kind, segmenter, evt: gr.SelectData):
+        """A click on the overlay: one more point, SAM run again on the same embedding."""
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        clicks = [*clicks, [int(evt.index[0]), int(evt.index[1]), int(kind == OBJECT)]]
+        try:
+            result = service.segment(image, points=clicks, segmenter=segmenter)
+        except VitsamError as e:
+            raise gr.Error(str(e)) from None
+        return *answer(image, result, clicks), clicks
+
+    # the module's annotations are strings (PEP 563); Gradio finds its event data by type
+    click.__annotations__["evt"] = gr.SelectData
+
+    def fresh(image):
+        """A new image: no clicks yet, and the overlay shows it so that it can be clicked."""
+        return image, [], []
 
     with gr.Blocks(title="vitsam: text-prompted segmentation") as page:
         gr.Markdown("## vitsam: text-prompted segmentation\nUpload an image, name what to find "
-                    "(phrases separated by '.' or ','), press **Segment**.")  # fmt: skip
+                    "(phrases separated by '.' or ','), press **Segment**. Or click on the "
+                    "overlay: each click marks the object (or the background) and SAM answers "
+                    "with one mask, without encoding the image again.")  # fmt: skip
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -67,6 +106,10 @@ def build_page(service: SegmentService):
                         service.segmenters, value=service.segmenters[0], label="Segmenter"
                     )
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                with gr.Row():
+                    kind = gr.Radio([OBJECT, BACKGROUND], value=OBJECT, elem_id="click-kind",
+                                    label="A click on the overlay marks")  # fmt: skip
+                    clear = gr.Button("Clear clicks", elem_id="clear-clicks")
             with gr.Column():
                 overlay = gr.Image(
                     type="pil", label="Overlay", interactive=False, elem_id="overlay"
@@ -77,9 +120,13 @@ def build_page(service: SegmentService):
         examples = example_images()
         if examples:
             gr.Examples([[str(e), e.stem] for e in examples], inputs=[image, prompt])
+        clicks = gr.State([])
         button.click(
             run,
             [image, prompt, box_t, text_t, detector, segmenter, negative],
             [overlay, table, files],
         )
+        overlay.select(click, [image, clicks, kind, segmenter], [overlay, table, files, clicks])
+        image.upload(fresh, [image], [overlay, table, clicks])
+        clear.click(fresh, [image], [overlay, table, clicks])
     return page

@@ -148,6 +148,12 @@ class SegmentService:
         result.image = name
         return result
 
+    def image_encodings(self) -> dict[str, int]:
+        """How many times each click-taking segmenter has run its image encoder (a click on
+        the same picture must not add one)."""
+        return {n: m.encoded for (role, n), m in self._models.items()
+                if role == "segmenter" and hasattr(m, "encoded")}  # fmt: skip
+
     def _pick(self, role: str, name: str, configured: list[str]):
         if name not in configured:
             raise VitsamError(
