@@ -85,6 +85,13 @@ def add_commands(sub) -> None:
         "label only; default %(default)s)",
     )  # fmt: skip
     p.add_argument(
+        "--exemplar",
+        action="append",
+        metavar="[CLASS=]REF.jpg:X1,Y1,X2,Y2",
+        help="find objects like the one in this box of REF.jpg (repeatable; it may be one of "
+        "the images labelled), labelled CLASS (default 'exemplar'); needs --detector owlv2",
+    )
+    p.add_argument(
         "--classes",
         metavar="FILE",
         help="class map, YAML or JSON: 'cat: [kitten, tabby cat]' (several phrases, one "
@@ -180,6 +187,18 @@ class ThresholdFlag(argparse.Action):
             namespace.class_box_thresholds = extra
         else:
             setattr(namespace, self.dest, threshold)
+
+
+def _exemplar(text: str) -> dict:
+    """--exemplar's text -> Exemplar.to_json(), the reference file's path made absolute (a
+    Ray worker or a later rerun may run elsewhere). Raises VitsamError for a missing file."""
+    from vitsam.seg.request import Exemplar
+
+    exemplar = Exemplar.parse(text)
+    path = Path(exemplar.image)
+    if not path.is_file():
+        raise VitsamError(f"exemplar {text!r}: {path}: no such image file")
+    return {**exemplar.to_json(), "image": str(path.resolve())}
 
 
 def point_value(text: str) -> tuple[float, float]:
@@ -290,6 +309,7 @@ def _label_settings(args: argparse.Namespace):
         negative_iou=args.negative_iou,
         classes=load_classes(args.classes) if args.classes else {},
         box_thresholds=dict(args.class_box_thresholds),
+        exemplars=[_exemplar(text) for text in args.exemplar or []],
         prompt=args.prompt or "",
         boxes=[list(b) for b in args.box or []],
         points=[[*p, 1] for p in args.point or []] + [[*p, 0] for p in args.neg_point or []],
@@ -356,9 +376,11 @@ def _segment_videos(args: argparse.Namespace) -> int:
 
     if args.export or args.engine != "local":
         raise VitsamError("--export and --engine ray take images, not videos: leave them out")
-    if args.negative or args.classes or args.class_box_thresholds or args.point or args.neg_point:
+    if (args.negative or args.classes or args.class_box_thresholds or args.point
+            or args.neg_point or args.exemplar):  # fmt: skip
         raise VitsamError(
-            "--negative, --classes, per-class --box-threshold and --point take images, not "
+            "--negative, --classes, --exemplar, per-class --box-threshold and --point take "
+            "images, not "
             "videos yet: leave them out"
         )
     formats = parse_formats(args.format or ",".join(VIDEO_FORMATS), VIDEO_FORMATS, "for a video")

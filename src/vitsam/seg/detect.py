@@ -98,6 +98,16 @@ class Detector(Fp32Fallback):
         outputs that are not finite (see mixed_precision.Fp32Fallback)."""
         raise NotImplementedError
 
+    def detect_like(
+        self, image: Image.Image, example: Image.Image, label: str, box_threshold: float
+    ) -> list[Detection]:
+        """Boxes in `image` of what `example` (an RGB crop of one object) shows, labelled
+        `label`. Raises VitsamError for a detector that cannot take an image as its query."""
+        raise VitsamError(
+            f"the {self.kind or self.name} detector takes text only: exemplars need --detector "
+            "owlv2 (OWLv2's image-guided detection)"
+        )
+
 
 class GroundingDino(Detector):
     """One pass for all phrases; each box is labelled with the phrase whose tokens score best.
@@ -192,6 +202,24 @@ class Owlv2(Detector):
         )[0]
         labels = [phrases[int(i)] for i in res["labels"]]
         return _detections(res["boxes"].float(), res["scores"].float(), labels, w, h)
+
+    @torch.inference_mode()
+    def detect_like(self, image, example, label, box_threshold):
+        """OWLv2's image-guided detection (transformers' `image_guided_detection`, Minderer
+        et al. 2023): the example crop is embedded as the query, each of the image's boxes
+        scored against it; boxes over `box_threshold`, NMS at IoU 0.3 as the processor does."""
+        inputs = self.processor(images=image, query_images=example, return_tensors="pt")
+        out = self.run_finite(
+            lambda: self.model.image_guided_detection(**self._on_device(inputs)),
+            lambda o: (o.logits, o.target_pred_boxes),
+        )
+        w, h = image.size
+        side = max(w, h)  # padded to a square, as for text
+        res = self.processor.post_process_image_guided_detection(
+            outputs=out, threshold=box_threshold, target_sizes=torch.tensor([[side, side]])
+        )[0]
+        scores = res["scores"].float()
+        return _detections(res["boxes"].float(), scores, [label] * len(scores), w, h)
 
 
 class ClipSeg(Detector):

@@ -34,6 +34,7 @@ from vitsam.seg.request import (
     NEGATIVE_IOU,
     NMS_IOU,
     TEXT_THRESHOLD,
+    Exemplar,
     Prompt,
     check_boxes,
     check_points,
@@ -66,10 +67,14 @@ class LabelSettings:
     classes: dict[str, list[str]] = field(default_factory=dict)  # class -> its phrases
     box_thresholds: dict[str, float] = field(default_factory=dict)  # class -> threshold
     negative_iou: float = NEGATIVE_IOU
+    exemplars: list[dict] = field(default_factory=list)  # Exemplar.to_json() each
 
     def request(self) -> Prompt:
         """The prompt, class map, negatives and per-class thresholds, resolved and checked."""
-        return Prompt.parse(self.prompt, self.classes or None, self.negative, self.box_thresholds)
+        examples = [Exemplar.from_json(e) for e in self.exemplars]
+        return Prompt.parse(
+            self.prompt, self.classes or None, self.negative, self.box_thresholds, examples
+        )
 
     def categories(self) -> list[str]:
         if self.points:
@@ -91,7 +96,22 @@ class LabelSettings:
         elif not self.points:
             self.request()
             if not text_native(self.segmenter):  # SAM 3 is its own detector
-                resolve(self.detector, DETECTORS, "detector")
+                kind, _ = resolve(self.detector, DETECTORS, "detector")
+                if self.exemplars and kind != "owlv2":
+                    raise VitsamError(
+                        f"{self.detector} takes text only: exemplars need --detector owlv2 "
+                        "(OWLv2's image-guided detection)"
+                    )
+            elif self.exemplars:
+                raise VitsamError(
+                    f"{self.segmenter} does not take exemplars here yet: use --detector owlv2 "
+                    "with a SAM or SAM 2 segmenter"
+                )
+            for e in self.exemplars:  # a box off its reference image fails before models load
+                if e.get("image"):
+                    from vitsam.images import open_image
+
+                    check_boxes([e["box"]], open_image(e["image"]).size)
         resolve(self.segmenter, SEGMENTERS, "segmenter")
 
     def load(self, device: str = "auto", precision: str = "auto"):

@@ -22,6 +22,7 @@ from vitsam.seg.request import (
     NEGATIVE_IOU,
     NMS_IOU,
     TEXT_THRESHOLD,
+    Exemplar,
     Prompt,
     check_boxes,
     check_options,
@@ -65,6 +66,7 @@ class TextSegmenter:
         self.box_threshold, self.text_threshold = box_threshold, text_threshold
         self.nms_iou, self.max_detections = nms_iou, max_detections
         self.negative_iou = negative_iou
+        self._references: dict[str, Image.Image] = {}  # exemplars' reference images, by path
 
     @property
     def detector_name(self) -> str:
@@ -105,6 +107,7 @@ class TextSegmenter:
         *,
         negative: str = "",
         classes: Mapping[str, str | Sequence[str]] | None = None,
+        exemplars: Sequence[Exemplar] = (),
     ) -> Segmentation | list[Segmentation]:
         """All phrases of `prompt` ('cat. remote control', 'cat, dog') in one detector pass.
 
@@ -113,7 +116,10 @@ class TextSegmenter:
         labelled: a detection labelled with a negative phrase is dropped, and so is one that
         overlaps a negative phrase's detection by IoU >= negative_iou (the result counts
         what each removed). `box_threshold` a number, or {class: threshold} overriding the
-        default for those classes. `prompt` may be a ready request.Prompt instead.
+        default for those classes. `exemplars` (request.Exemplar: a box on a reference
+        image, or on this one) find objects like the boxed one (OWLv2's image-guided
+        detection), labelled with the exemplar's class, with or without phrases. `prompt`
+        may be a ready request.Prompt instead.
 
         A list of images gives a list of results, one per image, in order (as lang-sam's
         `predict`): `prompt` is then one prompt for all or a list of the same length.
@@ -121,7 +127,7 @@ class TextSegmenter:
         """
         overrides = box_threshold if isinstance(box_threshold, Mapping) else None
         default_box = None if overrides is not None else box_threshold
-        options = dict(negative=negative, classes=classes)
+        options = dict(negative=negative, classes=classes, exemplars=tuple(exemplars))
         if isinstance(image, (list, tuple)):
             prompts = [prompt] * len(image) if isinstance(prompt, str) else list(prompt)
             if len(prompts) != len(image):
@@ -131,7 +137,7 @@ class TextSegmenter:
                 )
             for p in prompts:  # every prompt is checked before the first image is done
                 if not isinstance(p, Prompt):
-                    Prompt.parse(p, classes, negative, overrides)
+                    Prompt.parse(p, classes, negative, overrides, exemplars)
             return [self.segment(i, p, box_threshold, text_threshold, **options)
                     for i, p in zip(image, prompts)]  # fmt: skip
         if isinstance(prompt, Prompt):
@@ -149,12 +155,18 @@ class TextSegmenter:
         default_box = self.box_threshold if default_box is None else default_box
         pil, name = as_image(image)
         t0 = time.perf_counter()
-        found = self.detector.detect(
-            pil,
-            request.phrases,
-            min([default_box, *request.box_thresholds.values()]),  # then per class, below
-            self.text_threshold if text_threshold is None else text_threshold,
-        )
+        lowest = min([default_box, *request.box_thresholds.values()])  # then per class, below
+        found = []
+        if request.class_of:
+            found = self.detector.detect(
+                pil,
+                request.phrases,
+                lowest,
+                self.text_threshold if text_threshold is None else text_threshold,
+            )
+        for ex in request.exemplars:
+            found += self.detector.detect_like(pil, self._example(ex, pil), ex.label, lowest)
+        found.sort(key=lambda d: -d.score)
         found, removed = apply_prompt(found, request, default_box, self.negative_iou)
         if self.nms_iou > 0:
             found = nms(found, self.nms_iou)
@@ -179,6 +191,21 @@ class TextSegmenter:
         labels = labels or ["box"] * len(boxes)
         found = [Detection(lab, 1.0, tuple(float(v) for v in b)) for lab, b in zip(labels, boxes)]
         return self._masks(pil, name, prompt, found)
+
+    def _example(self, exemplar: Exemplar, image: Image.Image) -> Image.Image:
+        """The exemplar's crop: from its reference file (read once per run), else from the
+        image being segmented. Raises VitsamError for a missing file or a box off it."""
+        if exemplar.image is None:
+            reference = image
+        else:
+            if exemplar.image not in self._references:
+                self._references[exemplar.image] = as_image(exemplar.image)[0]
+            reference = self._references[exemplar.image]
+        try:
+            box = check_boxes([list(exemplar.box)], reference.size)[0]
+        except VitsamError as e:
+            raise VitsamError(f"exemplar on {exemplar.image or 'the image'}: {e}") from None
+        return reference.crop(tuple(int(round(v)) for v in box))
 
     def segment_points(
         self, image: ImageLike, points, box=None, label: str = "object", prompt: str = ""

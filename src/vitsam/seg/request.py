@@ -186,6 +186,7 @@ class Prompt:
     class_of: dict[str, str]  # every positive phrase -> its class
     negatives: tuple[str, ...] = ()
     box_thresholds: dict[str, float] = field(default_factory=dict)  # class -> threshold
+    exemplars: tuple[Exemplar, ...] = ()  # boxed examples; their labels are classes too
 
     @property
     def phrases(self) -> list[str]:
@@ -202,6 +203,7 @@ class Prompt:
         classes: Mapping[str, str | Sequence[str]] | None = None,
         negative: str = "",
         box_thresholds: Mapping[str, float] | None = None,
+        exemplars: Sequence[Exemplar] = (),
     ) -> Prompt:
         """`prompt` 'cat. dog' (each phrase its own class), `classes` {'cat': ['kitten',
         'tabby cat']} (several phrases, one class), `negative` 'toy cat. poster' (what must
@@ -209,7 +211,9 @@ class Prompt:
 
         Raises VitsamError for no positive phrase, a class listed twice, a phrase under two
         classes, a negative that is also a positive phrase, an empty class, or a threshold
-        for a class the request does not have or outside 0..1.
+        for a class the request does not have or outside 0..1. `exemplars` (Exemplar) add
+        their labels as classes (one may share a text class's name: both feed it), and
+        with them no phrase is needed.
         """
         class_of: dict[str, str] = {}
         order: list[str] = []
@@ -242,7 +246,10 @@ class Prompt:
                 add(name, [q for p in phrases for q in split_prompt(str(p))])
             except VitsamError as e:
                 raise VitsamError(f"class {name!r}: {e}") from None
-        if not class_of:
+        for ex in exemplars:
+            if ex.label not in order:
+                order.append(ex.label)
+        if not class_of and not exemplars:
             raise VitsamError(
                 "empty prompt: give at least one phrase, e.g. 'cat. remote control'"
                 + (" (the class map has no classes)" if classes is not None else "")
@@ -260,7 +267,7 @@ class Prompt:
                 )
             check_options(box_threshold=value)
             thresholds[name] = float(value)
-        return cls(tuple(order), class_of, tuple(negatives), thresholds)
+        return cls(tuple(order), class_of, tuple(negatives), thresholds, tuple(exemplars))
 
     def to_json(self) -> dict:
         """What results record of the request beyond the prompt text."""
@@ -269,7 +276,56 @@ class Prompt:
             out["classes"] = {c: [p for p, k in self.class_of.items() if k == c] for c in self.classes}
         if self.box_thresholds:
             out["box_thresholds"] = dict(self.box_thresholds)
+        if self.exemplars:
+            out["exemplars"] = [e.to_json() for e in self.exemplars]
         return out
+
+
+EXEMPLAR = "exemplar"  # the class of an exemplar given without a name
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """One boxed example of what to find: `box` XYXY pixels on the image at `image` (a
+    file path, or None: the image being segmented), its matches labelled `label`."""
+
+    box: tuple[float, float, float, float]
+    image: str | None = None
+    label: str = EXEMPLAR
+
+    @classmethod
+    def parse(cls, text: str) -> Exemplar:
+        """'[CLASS=]REF.jpg:X1,Y1,X2,Y2' (the CLI's --exemplar) -> an Exemplar.
+
+        Raises VitsamError for text of another shape or a bad box (check_boxes' rules).
+        """
+        label, sep, rest = text.partition("=")
+        if not sep or ":" in label or "," in label:  # no class given
+            label, rest = EXEMPLAR, text
+        path, _, numbers_ = rest.rpartition(":")
+        try:
+            box = tuple(float(v) for v in numbers_.split(","))
+        except ValueError:
+            box = ()
+        if not path or len(box) != 4:
+            raise VitsamError(
+                f"exemplar {text!r}: give [CLASS=]REF.jpg:X1,Y1,X2,Y2 (a box in pixels on REF.jpg)"
+            )
+        check_boxes([list(box)])
+        return cls(box, path, " ".join(normalize_text(label).split()).lower() or EXEMPLAR)
+
+    @classmethod
+    def from_json(cls, value) -> Exemplar:
+        """{"box": [x1, y1, x2, y2], "label": "cat", "image": "ref.jpg"} (image and label
+        optional) -> an Exemplar; raises VitsamError for another shape."""
+        if not isinstance(value, dict) or "box" not in value:
+            raise VitsamError('an exemplar is {"box": [x1, y1, x2, y2], "label": "cat"}')
+        box = check_boxes([value["box"]])[0]
+        label = " ".join(normalize_text(str(value.get("label") or EXEMPLAR)).split()).lower()
+        return cls(tuple(map(float, box)), value.get("image"), label or EXEMPLAR)
+
+    def to_json(self) -> dict:
+        return {"box": list(self.box), "label": self.label, "image": self.image}
 
 
 def load_classes(path: str | Path) -> dict[str, list[str]]:

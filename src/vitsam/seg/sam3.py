@@ -108,6 +108,13 @@ class Sam3Segmenter(Mixed):
             )
         return found
 
+    def detect_like(self, image, example, label, box_threshold):
+        """Exemplars for SAM 3 (its geometric prompts) are not built here yet."""
+        raise VitsamError(
+            f"{self.name} does not take exemplars here yet: use --detector owlv2 with a SAM or "
+            "SAM 2 segmenter (OWLv2's image-guided detection)"
+        )
+
     def set_image(self, image: Image.Image) -> None:
         """SAM 3 takes no box prompts here: raises VitsamError saying what does."""
         raise no_box_prompts(self.name)

@@ -113,6 +113,11 @@ def create_app(
         classes: str = Form(
             "", description='JSON class map: {"cat": ["kitten", "tabby cat"]} (labels = classes)'
         ),
+        exemplars: str = Form(
+            "",
+            description='JSON list of boxes on this image to find more of, e.g. '
+            '[{"box": [10, 20, 80, 90], "label": "cat"}] (OWLv2 detectors)',
+        ),
         box_thresholds: str = Form(
             "", description='JSON per-class box thresholds, e.g. {"cat": 0.5}'
         ),
@@ -140,6 +145,9 @@ def create_app(
         point_list = _parse_json(points, "points", "[[120, 80, 1], [40, 30, 0]]")
         class_map = _parse_object(classes, "classes", '{"cat": ["kitten", "tabby cat"]}')
         thresholds = _parse_object(box_thresholds, "box_thresholds", '{"cat": 0.5}')
+        examples = _parse_json(exemplars, "exemplars", '[{"box": [10, 20, 80, 90]}]')
+        if examples is not None and not isinstance(examples, list):
+            raise VitsamError('exemplars must be a JSON list, e.g. [{"box": [10, 20, 80, 90]}]')
         name = image.filename or "upload"  # for messages and the JSON only, never a path here
         picture = decode_image(await image.read(), name)
         result = await run_in_threadpool(
@@ -155,6 +163,7 @@ def create_app(
             negative_iou=negative_iou,
             classes=class_map,
             box_thresholds=thresholds,
+            exemplars=examples,
             detector=detector or None,
             segmenter=segmenter or None,
             name=name,

@@ -15,6 +15,7 @@ from vitsam.seg.request import (
     MAX_DETECTIONS,
     NEGATIVE_IOU,
     TEXT_THRESHOLD,
+    Exemplar,
     Prompt,
     check_boxes,
     check_points,
@@ -107,6 +108,7 @@ class SegmentService:
         negative_iou: float = NEGATIVE_IOU,
         classes: dict | None = None,
         box_thresholds: dict | None = None,
+        exemplars: list | None = None,
         detector: str | None = None,
         segmenter: str | None = None,
         name: str = "upload",
@@ -126,7 +128,12 @@ class SegmentService:
                 raise VitsamError("clicks take at most one box with them")
         use_boxes = boxes is not None and len(boxes) > 0
         prompted = use_boxes or points is not None
-        request = None if prompted else Prompt.parse(prompt, classes, negative, box_thresholds)
+        examples = [Exemplar.from_json(e) for e in exemplars or []]  # boxes on this image
+        if any(e.image is not None for e in examples):
+            raise VitsamError("an exemplar here is a box on the uploaded image: leave out 'image'")
+        request = (
+            None if prompted else Prompt.parse(prompt, classes, negative, box_thresholds, examples)
+        )
         seg = self._pick("segmenter", segmenter or self.segmenters[0], self.segmenters)
         if seg.text_native:  # its own detector
             det = seg
