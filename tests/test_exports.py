@@ -14,7 +14,7 @@ from PIL import Image
 from vitsam.cli import main
 from vitsam.errors import VitsamError
 from vitsam.seg.exports import (
-    Item,
+    DatasetEntry,
     join_polygons,
     mask_polygons,
     write_coco,
@@ -62,7 +62,7 @@ def box_of(mask: np.ndarray) -> tuple[float, ...]:
 
 
 @pytest.fixture
-def items(tmp_path) -> list[Item]:
+def items(tmp_path) -> list[DatasetEntry]:
     """Two images' documents (one with an empty mask) and their image files."""
     m = masks()
     first = Segmentation("a.png", W, H, "cat. dog", "det", "seg")
@@ -76,7 +76,7 @@ def items(tmp_path) -> list[Item]:
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.png"):
         Image.new("RGB", (W, H)).save(tmp_path / "images" / name)
-    return [Item("a.png", first.to_json()), Item("b.png", second.to_json())]
+    return [DatasetEntry("a.png", first.to_json()), DatasetEntry("b.png", second.to_json())]
 
 
 def test_coco_loads_with_pycocotools_and_torchvision_and_round_trips(items, tmp_path):
@@ -170,11 +170,11 @@ def shapes() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture
-def shape_items() -> list[Item]:
+def shape_items() -> list[DatasetEntry]:
     seg = Segmentation("s.png", SW, SH, "thing", "det", "seg")
     for mask in shapes().values():
         seg.detections.append(Detection("thing", 0.9, box_of(mask), mask=mask))
-    return [Item("s.png", seg.to_json())]
+    return [DatasetEntry("s.png", seg.to_json())]
 
 
 def test_coco_polygons_decode_to_the_masks_area(shape_items, tmp_path):

@@ -238,7 +238,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vitsam.seg.labelset import LabelSet, named_images, parse_exports
-    from vitsam.seg.local_runner import Outcome, Outputs, segment_folder
+    from vitsam.seg.local_runner import EntryResult, Outputs, segment_folder
     from vitsam.seg.request import check_box_segmenter, check_options
     from vitsam.seg.results import FORMATS, parse_formats
     from vitsam.seg.videoio import is_video_path
@@ -275,7 +275,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     bar = tqdm(total=len(todo), desc="segment", disable=len(todo) < 2 or args.quiet, unit="image")
 
-    def show(done: Outcome) -> None:  # in input order, above the progress bar
+    def show(done: EntryResult) -> None:  # in input order, above the progress bar
         bar.update()
         if done.error:
             tqdm.write(f"error: {done.error}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Training datasets from per-image results: COCO instance segmentation and YOLO segmentation.
 
 Both read the per-image JSON documents `vitsam segment` writes (`Segmentation.to_json()`:
-boxes XYXY in pixels, masks COCO compressed RLE), one `Item` per image, in order, and
+boxes XYXY in pixels, masks COCO compressed RLE), one `DatasetEntry` per image, in order, and
 stream them: memory holds one image's masks at a time (and, for COCO, the image list).
 
 - COCO (`annotations.json`): categories 1..K in the order given; per detection `bbox` as
@@ -43,8 +43,9 @@ KINDS = ("coco", "yolo")
 
 
 @dataclass
-class Item:
-    """One labelled image: its file name in the dataset's images/ folder and its JSON."""
+class DatasetEntry:
+    """One entry (labelset.Entry) as a dataset holds it: its file name in the dataset's
+    images/ folder and its per-image JSON."""
 
     file_name: str  # e.g. "sub__cat.jpg"
     doc: dict  # the per-image document (Segmentation.to_json())
@@ -190,7 +191,7 @@ def coco_annotation(det: dict, category_id: int, polygons: bool) -> dict | None:
 
 
 def write_coco(
-    items: Iterable[Item], names: list[str], path: Path, polygons: bool = False
+    items: Iterable[DatasetEntry], names: list[str], path: Path, polygons: bool = False
 ) -> ExportSummary:
     """COCO instance segmentation to `path` (written whole, then renamed into place).
 
@@ -276,7 +277,7 @@ def yolo_lines(doc: dict, ids: dict[str, int]) -> tuple[list[str], int]:
     return lines, left_out
 
 
-def write_yolo(items: Iterable[Item], names: list[str], root: Path) -> ExportSummary:
+def write_yolo(items: Iterable[DatasetEntry], names: list[str], root: Path) -> ExportSummary:
     """YOLO segmentation labels into root/labels/ and root/data.yaml (Ultralytics' layout).
 
     Every image gets a label file, empty when nothing was found (a background image).

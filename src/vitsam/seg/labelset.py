@@ -26,7 +26,7 @@ from PIL import Image
 from vitsam.errors import VitsamError
 from vitsam.files import TEMP_SUFFIX, remove, replacing, write_atomic
 from vitsam.images import list_images, upright
-from vitsam.seg.exports import ExportSummary, Item, write_coco, write_yolo
+from vitsam.seg.exports import DatasetEntry, ExportSummary, write_coco, write_yolo
 from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from vitsam.seg.request import (
     BOX_THRESHOLD,
@@ -42,7 +42,10 @@ from vitsam.seg.request import (
     text_native,
 )
 
-Entry = tuple[Path | str, str]  # (a local path or a URI, the image's output name)
+# The unit of work of a folder run, everywhere: one image, as (a local path or a URI, its
+# output name). local_runner.EntryResult says what became of one; exports.DatasetEntry is
+# one in a dataset.
+Entry = tuple[Path | str, str]
 # How local originals go into OUT/images/: "auto" a hard link where the filesystem allows,
 # else a copy (a self-contained dataset either way); "copy" always a copy of its own;
 # "link" a relative symbolic link (small, but breaks when the dataset moves without them).
@@ -245,9 +248,9 @@ class LabelSet:
             what = {"auto": "files", "copy": "copies", "link": "relative links"}[image_mode]
             log.info("images/: %d images from an earlier run made %s", converted, what)
 
-        def items() -> Iterator[Item]:
+        def items() -> Iterator[DatasetEntry]:
             for location, name in done:
-                yield Item(f"{name}{suffix(location)}", self.read(name))
+                yield DatasetEntry(f"{name}{suffix(location)}", self.read(name))
 
         names = self.settings.categories()
         writers = {

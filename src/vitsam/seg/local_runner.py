@@ -36,8 +36,9 @@ from vitsam.seg.results import FORMATS, Segmentation, save
 
 
 @dataclass
-class Outcome:
-    """One image of a folder run, as reported to `on_result`."""
+class EntryResult:
+    """What became of one entry (labelset.Entry: an image and its output name) of a folder
+    run, as reported to `on_result`."""
 
     location: Path | str  # the image file
     name: str  # its output name ('sub__cat' for sub/cat.jpg)
@@ -70,7 +71,7 @@ def segment_folder(
     entries: Sequence[Entry],
     segment: Segment,
     outputs: Outputs,
-    on_result: Callable[[Outcome], None] | None = None,
+    on_result: Callable[[EntryResult], None] | None = None,
     overlap: bool = True,
 ) -> int:
     """Segment and write every (path, output name) of `entries`; returns how many failed.
@@ -82,11 +83,11 @@ def segment_folder(
     """
     failed = 0
 
-    def report(outcome: Outcome) -> None:
+    def report(entry_result: EntryResult) -> None:
         nonlocal failed
-        failed += bool(outcome.error)
+        failed += bool(entry_result.error)
         if on_result is not None:
-            on_result(outcome)
+            on_result(entry_result)
 
     with ExitStack() as stack:  # on exit (also KeyboardInterrupt) the helpers are joined
         if overlap:
@@ -94,27 +95,27 @@ def segment_folder(
             writer = stack.enter_context(ThreadPoolExecutor(1, "vitsam-write"))
         else:
             reader = writer = _OnCaller()
-        writing: tuple[Future[str], Outcome] | None = None
+        writing: tuple[Future[str], EntryResult] | None = None
         reading = reader.submit(_read, entries[0][0]) if entries else None
         for i, (location, name) in enumerate(entries):
             image = reading.result()
             reading = reader.submit(_read, entries[i + 1][0]) if i + 1 < len(entries) else None
-            outcome = Outcome(location, name, None)
+            entry_result = EntryResult(location, name, None)
             if isinstance(image, VitsamError):
-                outcome.error = str(image)
+                entry_result.error = str(image)
             else:
                 try:
-                    outcome.result = segment(image)
-                    outcome.result.image = str(location)
+                    entry_result.result = segment(image)
+                    entry_result.result.image = str(location)
                 except VitsamError as e:
-                    outcome.error = str(e)
+                    entry_result.error = str(e)
             if writing is not None:  # the previous image's write, before this one's report
                 report(_finished(*writing))
                 writing = None
-            if outcome.error:
-                report(outcome)
+            if entry_result.error:
+                report(entry_result)
             else:
-                writing = writer.submit(_write, outputs, name, image, outcome.result), outcome
+                writing = writer.submit(_write, outputs, name, image, entry_result.result), entry_result
         if writing is not None:
             report(_finished(*writing))
     return failed
@@ -137,11 +138,11 @@ def _read(location: Path | str) -> Image.Image | VitsamError:
         return e
 
 
-def _finished(write: Future[str], outcome: Outcome) -> Outcome:
-    outcome.error = write.result()
-    if outcome.error:
-        outcome.result = None
-    return outcome
+def _finished(write: Future[str], entry_result: EntryResult) -> EntryResult:
+    entry_result.error = write.result()
+    if entry_result.error:
+        entry_result.result = None
+    return entry_result
 
 
 class _OnCaller:
