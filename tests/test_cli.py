@@ -141,3 +141,22 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "vitsam", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.startswith("vitsam ")
+
+
+def test_the_command_runs_without_the_extras():
+    """The README's main job installs no extra: building the parser (every subcommand's
+    defaults) must not import FastAPI, Gradio, transformers, Ray, PyAV or pycocotools."""
+    import subprocess
+    import sys
+
+    extras = ["fastapi", "gradio", "uvicorn", "transformers", "ray", "av", "pycocotools",
+              "cv2", "scipy", "yaml"]  # fmt: skip
+    probe = (
+        "import sys\n"
+        f"for name in {extras!r}: sys.modules[name] = None  # import now raises ImportError\n"
+        "from vitsam.cli import main\n"
+        "raise SystemExit(main(['train', '--preset', 'quick', '--print-config']))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert '"epochs"' in run.stdout

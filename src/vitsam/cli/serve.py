@@ -14,9 +14,8 @@ log = logging.getLogger("vitsam")
 def add_commands(sub) -> None:
     from vitsam.devices import DEVICES, PRECISIONS
     from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
-    from vitsam.serve.api import MAX_UPLOAD_MB
+    from vitsam.serve import HOST, MAX_UPLOAD_MB, PORT
     from vitsam.serve.auth import TOKEN_ENV
-    from vitsam.serve.server import HOST, PORT
     from vitsam.serve.service import QUEUE_SIZE
 
     p = sub.add_parser("serve", help="the web page and HTTP API for segmentation")
@@ -48,8 +47,9 @@ def add_commands(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    from vitsam.serve import LOOPBACK
     from vitsam.serve.auth import TOKEN_ENV
-    from vitsam.serve.server import LOOPBACK, run
+    from vitsam.serve.server import run
     from vitsam.serve.service import SegmentService
 
     detectors = [d.strip() for d in args.detector.split(",") if d.strip()]

@@ -25,6 +25,7 @@ from vitsam.seg.request import (
     NEGATIVE_IOU,
     TEXT_THRESHOLD,
 )
+from vitsam.serve import MAX_UPLOAD_MB
 from vitsam.serve.auth import TokenGuard
 from vitsam.serve.service import Busy, NotReady, SegmentService
 
@@ -68,9 +69,6 @@ async def _too_large(limit: int, send) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json")]})  # fmt: skip
     await send({"type": "http.response.body", "body": body})
-
-
-MAX_UPLOAD_MB = 20.0  # the largest request body, megabytes (2**20 bytes)
 
 
 def create_app(

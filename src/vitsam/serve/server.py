@@ -6,12 +6,9 @@ import threading
 
 from fastapi import FastAPI
 
-from vitsam.serve.api import MAX_UPLOAD_MB, create_app
+from vitsam.serve import HOST, MAX_UPLOAD_MB, PORT
+from vitsam.serve.api import create_app
 from vitsam.serve.service import SegmentService
-
-HOST = "127.0.0.1"  # loopback: reachable from this machine only, unless told otherwise
-PORT = 7860  # Gradio's usual port
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def create_server(
