@@ -100,3 +100,25 @@ def test_http_exemplars_are_boxes_on_the_upload(models, photos):
                        files={"image": ("0.png", (photos / "0.png").read_bytes(), "image/png")},
                        data=data, timeout=60)  # fmt: skip
         assert r.status_code == 400 and "exemplars need --detector owlv2" in r.json()["error"]
+
+
+def test_sam3_takes_exemplars_in_the_image_and_from_another(video_models, photos):
+    """Same image: SAM 3's geometric prompt (input_boxes + input_boxes_labels); another
+    image: reference and image side by side, only the image's instances kept."""
+    from vitsam.seg import TextSegmenter
+
+    seg = TextSegmenter.from_pretrained(None, video_models["sam3"], device="cpu", box_threshold=0.0)
+    here = Exemplar((30, 20, 70, 60), None, "cat")
+    result = seg.segment(str(photos / "0.png"), "", exemplars=[here])
+    assert result.detections and {d.label for d in result.detections} == {"cat"}
+    reference = Image.new("RGB", (60, 50), (220, 40, 40)).copy()
+    path = photos.parent / "reference.png"
+    reference.save(path)
+    other = Exemplar((5, 5, 55, 45), str(path), "cat")
+    result = seg.segment(str(photos / "1.png"), "", exemplars=[other])
+    assert result.detections
+    for d in result.detections:
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 < x2 <= 100 and 0 <= y1 < y2 <= 80  # on the image, not the reference
+        assert d.mask.shape == (80, 100)
+    assert result.to_json()["exemplars"][0]["image"] == str(path)

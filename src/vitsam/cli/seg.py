@@ -89,7 +89,8 @@ def add_commands(sub) -> None:
         action="append",
         metavar="[CLASS=]REF.jpg:X1,Y1,X2,Y2",
         help="find objects like the one in this box of REF.jpg (repeatable; it may be one of "
-        "the images labelled), labelled CLASS (default 'exemplar'); needs --detector owlv2",
+        "the images labelled), labelled CLASS (default 'exemplar'); needs --detector owlv2 "
+        "or --segmenter sam3",
     )
     p.add_argument(
         "--classes",

@@ -99,13 +99,19 @@ class Detector(Fp32Fallback):
         raise NotImplementedError
 
     def detect_like(
-        self, image: Image.Image, example: Image.Image, label: str, box_threshold: float
+        self,
+        image: Image.Image,
+        reference: Image.Image,
+        box: tuple[float, float, float, float],
+        label: str,
+        box_threshold: float,
     ) -> list[Detection]:
-        """Boxes in `image` of what `example` (an RGB crop of one object) shows, labelled
-        `label`. Raises VitsamError for a detector that cannot take an image as its query."""
+        """Boxes in `image` of what `box` (XYXY pixels, on `reference`, which may be `image`
+        itself) shows, labelled `label`. Raises VitsamError for a detector that cannot take
+        an example as its query."""
         raise VitsamError(
             f"the {self.kind or self.name} detector takes text only: exemplars need --detector "
-            "owlv2 (OWLv2's image-guided detection)"
+            "owlv2 (OWLv2's image-guided detection) or --segmenter sam3"
         )
 
 
@@ -204,10 +210,12 @@ class Owlv2(Detector):
         return _detections(res["boxes"].float(), res["scores"].float(), labels, w, h)
 
     @torch.inference_mode()
-    def detect_like(self, image, example, label, box_threshold):
+    def detect_like(self, image, reference, box, label, box_threshold):
         """OWLv2's image-guided detection (transformers' `image_guided_detection`, Minderer
-        et al. 2023): the example crop is embedded as the query, each of the image's boxes
-        scored against it; boxes over `box_threshold`, NMS at IoU 0.3 as the processor does."""
+        et al. 2023): the boxed crop of `reference` is embedded as the query, each of the
+        image's boxes scored against it; boxes over `box_threshold`, NMS at IoU 0.3 as the
+        processor does."""
+        example = reference.crop(tuple(int(round(v)) for v in box))
         inputs = self.processor(images=image, query_images=example, return_tensors="pt")
         out = self.run_finite(
             lambda: self.model.image_guided_detection(**self._on_device(inputs)),

@@ -103,13 +103,8 @@ class LabelSettings:
                 if self.exemplars and kind != "owlv2":
                     raise VitsamError(
                         f"{self.detector} takes text only: exemplars need --detector owlv2 "
-                        "(OWLv2's image-guided detection)"
+                        "(OWLv2's image-guided detection) or --segmenter sam3"
                     )
-            elif self.exemplars:
-                raise VitsamError(
-                    f"{self.segmenter} does not take exemplars here yet: use --detector owlv2 "
-                    "with a SAM or SAM 2 segmenter"
-                )
             for e in self.exemplars:  # a box off its reference image fails before models load
                 if e.get("image"):
                     from vitsam.images import open_image

@@ -165,7 +165,8 @@ class TextSegmenter:
                 self.text_threshold if text_threshold is None else text_threshold,
             )
         for ex in request.exemplars:
-            found += self.detector.detect_like(pil, self._example(ex, pil), ex.label, lowest)
+            reference, box = self._example(ex, pil)
+            found += self.detector.detect_like(pil, reference, box, ex.label, lowest)
         found.sort(key=lambda d: -d.score)
         found, removed = apply_prompt(found, request, default_box, self.negative_iou)
         if self.nms_iou > 0:
@@ -192,9 +193,10 @@ class TextSegmenter:
         found = [Detection(lab, 1.0, tuple(float(v) for v in b)) for lab, b in zip(labels, boxes)]
         return self._masks(pil, name, prompt, found)
 
-    def _example(self, exemplar: Exemplar, image: Image.Image) -> Image.Image:
-        """The exemplar's crop: from its reference file (read once per run), else from the
-        image being segmented. Raises VitsamError for a missing file or a box off it."""
+    def _example(self, exemplar: Exemplar, image: Image.Image) -> tuple[Image.Image, tuple]:
+        """The exemplar's reference image (its file, read once per run, else the image being
+        segmented) and its box clamped to it. Raises VitsamError for a missing file or a box
+        off it."""
         if exemplar.image is None:
             reference = image
         else:
@@ -205,7 +207,7 @@ class TextSegmenter:
             box = check_boxes([list(exemplar.box)], reference.size)[0]
         except VitsamError as e:
             raise VitsamError(f"exemplar on {exemplar.image or 'the image'}: {e}") from None
-        return reference.crop(tuple(int(round(v)) for v in box))
+        return reference, tuple(float(v) for v in box)
 
     def segment_points(
         self, image: ImageLike, points, box=None, label: str = "object", prompt: str = ""

@@ -108,12 +108,47 @@ class Sam3Segmenter(Mixed):
             )
         return found
 
-    def detect_like(self, image, example, label, box_threshold):
-        """Exemplars for SAM 3 (its geometric prompts) are not built here yet."""
-        raise VitsamError(
-            f"{self.name} does not take exemplars here yet: use --detector owlv2 with a SAM or "
-            "SAM 2 segmenter (OWLv2's image-guided detection)"
+    @torch.inference_mode()
+    def detect_like(self, image, reference, box, label, box_threshold):
+        """Every instance like the boxed one, through SAM 3's geometric prompt (a positive
+        exemplar box, `input_boxes` + `input_boxes_labels`, with the text "visual" as the
+        processor supplies for box-only prompts; Carion et al. 2025, "SAM 3").
+
+        SAM 3 takes exemplar boxes on the image it segments. A reference in another image
+        is placed beside the image on one canvas (reference left, image right), the box on
+        the reference half, and only instances on the image half are kept, shifted back:
+        one SAM 3 pass on the wider canvas, which SAM 3 resizes to its 1008x1008 input, so
+        each half gets about half the resolution. The box's own instance (same image) is
+        kept: it is one of the objects asked for.
+        """
+        w, h = image.size
+        if reference is image:
+            canvas, offset = image, 0
+        else:
+            offset = reference.width
+            canvas = Image.new("RGB", (reference.width + w, max(reference.height, h)))
+            canvas.paste(reference, (0, 0))
+            canvas.paste(image, (offset, 0))
+        inputs = self.processor(
+            images=canvas, input_boxes=[[list(box)]], input_boxes_labels=[[1]], return_tensors="pt"
         )
+        given = {k: v.to(self.device) for k, v in inputs.items() if k != "original_sizes"}
+        given["pixel_values"] = given["pixel_values"].float()
+        given["input_boxes"] = given["input_boxes"].float()
+        with self.autocast():
+            out = self.model(**given)
+        found = []
+        for d in self._instances(out, label, canvas, box_threshold):
+            x1, y1, x2, y2 = d.box
+            if offset and (x1 + x2) / 2 < offset:  # an instance on the reference half
+                continue
+            x1, x2 = max(0.0, x1 - offset), min(float(w), x2 - offset)
+            y2 = min(float(h), y2)
+            if x2 - x1 < 1 or y2 - y1 < 1:
+                continue
+            mask = d.mask[:h, offset : offset + w]
+            found.append(Detection(label, d.score, (x1, y1, x2, y2), mask=mask, mask_score=d.score))
+        return sorted(found, key=lambda d: -d.score)
 
     def set_image(self, image: Image.Image) -> None:
         """SAM 3 takes no box prompts here: raises VitsamError saying what does."""
