@@ -107,3 +107,9 @@ def test_list_images_expands_folders_sorted(tmp_path):
     assert [p.name for p in list_images([tmp_path])] == ["1.jpg", "2.png"]
     with pytest.raises(VitsamError, match="no such file or folder"):
         list_images([tmp_path / "nope"])
+
+
+def test_a_small_limit_is_said_in_pixels(tmp_path):
+    Image.new("RGB", (160, 120)).save(tmp_path / "small.png")
+    with pixel_limit(100), pytest.raises(VitsamError, match="19,200 pixels, over the 100-pixel limit"):
+        open_image(tmp_path / "small.png")

@@ -88,3 +88,11 @@ def test_http_takes_points_as_json(models, photo):
         assert r.status_code == 200 and r.json()["points"] == [[60, 45, 1], [5, 5, 0]]
         assert post("[[60, 45, 7]]").status_code == 400
         assert "lies outside" in post("[[600, 45]]").json()["error"]
+
+
+def test_negative_click_coordinates_parse_and_detection_options_are_refused(models, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(models, str(photo), "--point", "-1,40", "--out", str(out)) == 1
+    assert "point (-1.0, 40.0) lies outside" in capsys.readouterr().err  # not "expected one argument"
+    assert run_cli(models, str(photo), "--point", "60,45", "--negative", "dog", "--out", str(out)) == 2
+    assert "leave them out with --box or --point" in capsys.readouterr().err

@@ -176,9 +176,13 @@ def decode_image(
 
 
 def _too_large(name: str, size: str, pixels: int, limit: int) -> VitsamError:
+    if limit >= 10**7:
+        amount, cap = f"{pixels / 1e6:.0f} megapixels", f"{limit / 1e6:.0f}-megapixel"
+    else:  # a small limit someone set: in pixels, not rounded to 0 megapixels
+        amount, cap = f"{pixels:,} pixels", f"{limit:,}-pixel"
     return VitsamError(
-        f"{name}: {size} is {pixels / 1e6:.0f} megapixels, over the {limit / 1e6:.0f}-megapixel "
-        f"limit: downscale it, or raise the limit with --max-pixels N or {MAX_PIXELS_ENV}=N"
+        f"{name}: {size} is {amount}, over the {cap} limit: downscale it, or raise the "
+        f"limit with --max-pixels N or {MAX_PIXELS_ENV}=N"
     )
 
 

@@ -229,8 +229,9 @@ def attach_box_values(argv: list[str]) -> list[str]:
         if arg == "--":
             return [*out, arg, *rest]
         value = rest[0] if rest else ""
-        if arg == "--box" and value.startswith("-") and not value.startswith("--") and "," in value:
-            arg = f"--box={rest.pop(0)}"
+        if (arg in ("--box", "--point", "--neg-point") and value.startswith("-")
+                and not value.startswith("--") and "," in value):  # fmt: skip
+            arg = f"{arg}={rest.pop(0)}"
         out.append(arg)
     return out
 

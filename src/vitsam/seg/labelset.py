@@ -88,6 +88,13 @@ class LabelSettings:
         """Raise VitsamError for an empty prompt, a bad box or an unknown model name."""
         from vitsam.seg.registry import DETECTORS, SEGMENTERS, resolve
 
+        if (self.points or self.boxes) and (
+            self.negative or self.classes or self.box_thresholds or self.exemplars
+        ):
+            raise VitsamError(
+                "--negative, --classes, --exemplar and per-class --box-threshold are for "
+                "detection: leave them out with --box or --point"
+            )
         if self.points:
             check_points(self.points)
             if len(self.boxes) > 1:
