@@ -269,31 +269,26 @@ def apply_prompt(
     negative phrase's detection by IoU >= `negative_iou` (0: never; counted for the most
     overlapping negative). Order (by score) is kept.
     """
+    from torchvision.ops import box_iou
+
     negative = [d for d in found if d.label in prompt.negatives]
     removed = dict.fromkeys(prompt.negatives, 0)
     for d in negative:
         removed[d.label] += 1
+    overlap = None  # (found, negative) IoU, once for all pairs
+    if negative and negative_iou > 0:  # 0: by label only
+        boxes = torch.tensor([d.box for d in found], dtype=torch.float64)
+        overlap = box_iou(boxes, torch.tensor([n.box for n in negative], dtype=torch.float64))
     kept = []
-    for d in found:
+    for k, d in enumerate(found):
         if d.label in prompt.negatives or d.score <= prompt.threshold(d.label, box_threshold):
             continue
-        overlaps = [(box_iou(d.box, n.box), n.label) for n in negative]
-        worst = max(overlaps, default=(0.0, ""))
-        if negative_iou > 0 and worst[0] >= negative_iou:  # 0: by label only
-            removed[worst[1]] += 1
+        if overlap is not None and overlap[k].max() >= negative_iou:
+            removed[negative[int(overlap[k].argmax())].label] += 1
             continue
         d.label = prompt.class_of.get(d.label, d.label)  # a label outside the phrases stays
         kept.append(d)
     return kept, removed
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two XYXY boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def load_segmenter(

@@ -139,13 +139,15 @@ def create_app(
             "json", pattern="^(json|png)$", description="json document or overlay png"
         ),
     ):
-        box_list = _parse_boxes(boxes)
-        point_list = _parse_json(points, "points", "[[120, 80, 1], [40, 30, 0]]")
-        class_map = _parse_object(classes, "classes", '{"cat": ["kitten", "tabby cat"]}')
-        thresholds = _parse_object(box_thresholds, "box_thresholds", '{"cat": 0.5}')
-        examples = _parse_json(exemplars, "exemplars", '[{"box": [10, 20, 80, 90]}]')
-        if examples is not None and not isinstance(examples, list):
-            raise VitsamError('exemplars must be a JSON list, e.g. [{"box": [10, 20, 80, 90]}]')
+        box_list = _json_field(boxes, "boxes", "a JSON list of [x1, y1, x2, y2] pixel boxes",
+                               "[[10, 20, 200, 180]]")  # fmt: skip
+        point_list = _json_field(points, "points", "JSON", "[[120, 80, 1], [40, 30, 0]]")
+        class_map = _json_field(classes, "classes", "a JSON object",
+                                '{"cat": ["kitten", "tabby cat"]}', dict)  # fmt: skip
+        thresholds = _json_field(box_thresholds, "box_thresholds", "a JSON object",
+                                 '{"cat": 0.5}', dict)  # fmt: skip
+        examples = _json_field(exemplars, "exemplars", "a JSON list",
+                               '[{"box": [10, 20, 80, 90]}]', list)  # fmt: skip
         name = image.filename or "upload"  # for messages and the JSON only, never a path here
         picture = decode_image(await image.read(), name)
         result = await run_in_threadpool(
@@ -177,29 +179,17 @@ def create_app(
     return app
 
 
-def _parse_object(text: str, field: str, example: str) -> dict | None:
-    """A JSON-object form field ('' -> None); request.Prompt checks what is inside."""
-    value = _parse_json(text, field, example)
-    if value is not None and not isinstance(value, dict):
-        raise VitsamError(f"{field} must be a JSON object, e.g. {example}")
+def _json_field(text: str, field: str, what: str, example: str, kind: type | None = None):
+    """A JSON form field ('' -> None), of `kind` (dict, list) when given; the library's
+    checks (check_boxes, check_points, request.Prompt) judge what is inside. NaN and
+    Infinity parse here, and those checks refuse them."""
+    if not text.strip():
+        return None
+    refused = VitsamError(f"{field} must be {what}, e.g. {example}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise refused from None
+    if kind is not None and not isinstance(value, kind):
+        raise refused
     return value
-
-
-def _parse_json(text: str, field: str, example: str):
-    """A JSON form field ('' -> None); the library's checks judge the value."""
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise VitsamError(f"{field} must be JSON, e.g. {example}") from None
-
-
-def _parse_boxes(text: str):
-    """The `boxes` field as JSON (checked by check_boxes, shared with the CLI and Python)."""
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text)  # NaN / Infinity parse here, and check_boxes refuses them
-    except json.JSONDecodeError:
-        raise VitsamError("boxes must be a JSON list of [x1, y1, x2, y2] pixel boxes") from None
