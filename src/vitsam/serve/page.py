@@ -3,8 +3,6 @@
 It calls the service in the same process, not the HTTP API.
 """
 
-from __future__ import annotations
-
 import tempfile
 from pathlib import Path
 
@@ -63,9 +61,6 @@ def build_page(service: SegmentService):
         except VitsamError as e:
             raise gr.Error(str(e)) from None
         return *answer(image, result, clicks), clicks
-
-    # the module's annotations are strings (PEP 563); Gradio finds its event data by type
-    click.__annotations__["evt"] = gr.SelectData
 
     def fresh(image):
         """A new image: no clicks yet, and the overlay shows it so that it can be clicked."""
