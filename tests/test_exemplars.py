@@ -122,3 +122,62 @@ def test_sam3_takes_exemplars_in_the_image_and_from_another(video_models, photos
         assert 0 <= x1 < x2 <= 100 and 0 <= y1 < y2 <= 80  # on the image, not the reference
         assert d.mask.shape == (80, 100)
     assert result.to_json()["exemplars"][0]["image"] == str(path)
+
+
+def test_sam3_negative_exemplars_are_label_0_boxes(video_models, photos, monkeypatch):
+    """A negative exemplar goes into its class's geometric prompt with label 0: beside the
+    positive boxes (text "visual"), or beside the class's phrase when it has no positive."""
+    from transformers import Sam3Model
+
+    from vitsam.seg import TextSegmenter
+
+    calls = []
+    real = Sam3Model.forward
+
+    def spy(self, *args, **kwargs):
+        if kwargs.get("input_boxes") is not None:
+            calls.append((kwargs["input_boxes_labels"].tolist(), kwargs["input_ids"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sam3Model, "forward", spy)
+    seg = TextSegmenter.from_pretrained(None, video_models["sam3"], device="cpu", box_threshold=0.0)
+    reference = photos.parent / "reference.png"
+    Image.new("RGB", (60, 50), (40, 40, 220)).save(reference)
+    group = [Exemplar((30, 20, 70, 60), None, "cat"),
+             Exemplar((5, 5, 55, 45), str(reference), "cat", negative=True)]  # fmt: skip
+    result = seg.segment(str(photos / "0.png"), "", exemplars=group)
+    assert [labels for labels, _ in calls] == [[[1, 0]]]  # one pass: both boxes, one prompt
+    assert {d.label for d in result.detections} <= {"cat"}
+    assert result.to_json()["exemplars"][1]["negative"] is True
+    for d in result.detections:  # instances on the image's part of the canvas only
+        assert d.mask.shape == (80, 100) and 0 <= d.box[0] < d.box[2] <= 100
+
+    calls.clear()
+    result = seg.segment(str(photos / "0.png"), "red square",
+                         exemplars=[Exemplar((5, 5, 55, 45), str(reference), "red square", negative=True)])  # fmt: skip
+    assert len(calls) == 1 and calls[0][0] == [[0]]
+    tokenizer = seg.detector.processor.tokenizer
+    assert tokenizer.decode(calls[0][1][0], skip_special_tokens=True) == "red square"
+    assert {d.label for d in result.detections} <= {"red square"}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--detector", "{owlv2}", "--exemplar", "cat={ref}:30,20,70,60",
+          "--neg-exemplar", "cat={ref}:0,0,20,20"], "negative exemplars are SAM 3's label-0 boxes"),
+        (["--segmenter", "{sam3}", "--prompt", "dog", "--neg-exemplar", "cat={ref}:0,0,20,20"],
+         "negative exemplar of 'cat', which is not a class here"),
+    ],
+)  # fmt: skip
+def test_bad_negative_exemplars_are_one_line(models, video_models, photos, tmp_path, capsys,
+                                             args, message):  # fmt: skip
+    out = tmp_path / "out"
+    names = {"owlv2": models["owlv2"], "sam3": video_models["sam3"], "ref": photos / "0.png"}
+    args = [a.format(**names) for a in args]
+    if "--segmenter" not in args:
+        args += ["--segmenter", models["sam2"]]
+    code = main(["segment", str(photos), *args, "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not out.exists()

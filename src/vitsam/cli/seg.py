@@ -93,6 +93,13 @@ def add_commands(sub) -> None:
         "or --segmenter sam3",
     )
     p.add_argument(
+        "--neg-exemplar",
+        action="append",
+        metavar="[CLASS=]REF.jpg:X1,Y1,X2,Y2",
+        help="not like the one in this box (repeatable): a label-0 box in CLASS's prompt, "
+        "beside its --exemplar boxes or its phrases; needs --segmenter sam3",
+    )
+    p.add_argument(
         "--classes",
         metavar="FILE",
         help="class map, YAML or JSON: 'cat: [kitten, tabby cat]' (several phrases, one "
@@ -190,12 +197,13 @@ class ThresholdFlag(argparse.Action):
             setattr(namespace, self.dest, threshold)
 
 
-def _exemplar(text: str) -> dict:
-    """--exemplar's text -> Exemplar.to_json(), the reference file's path made absolute (a
-    Ray worker or a later rerun may run elsewhere). Raises VitsamError for a missing file."""
+def _exemplar(text: str, negative: bool = False) -> dict:
+    """--exemplar's (or --neg-exemplar's) text -> Exemplar.to_json(), the reference file's
+    path made absolute (a Ray worker or a later rerun may run elsewhere). Raises
+    VitsamError for a missing file."""
     from vitsam.seg.request import Exemplar
 
-    exemplar = Exemplar.parse(text)
+    exemplar = Exemplar.parse(text, negative)
     path = Path(exemplar.image)
     if not path.is_file():
         raise VitsamError(f"exemplar {text!r}: {path}: no such image file")
@@ -311,7 +319,8 @@ def _label_settings(args: argparse.Namespace):
         negative_iou=args.negative_iou,
         classes=load_classes(args.classes) if args.classes else {},
         box_thresholds=dict(args.class_box_thresholds),
-        exemplars=[_exemplar(text) for text in args.exemplar or []],
+        exemplars=[_exemplar(text) for text in args.exemplar or []]
+        + [_exemplar(text, negative=True) for text in args.neg_exemplar or []],
         prompt=args.prompt or "",
         boxes=[list(b) for b in args.box or []],
         points=[[*p, 1] for p in args.point or []] + [[*p, 0] for p in args.neg_point or []],
@@ -379,7 +388,7 @@ def _segment_videos(args: argparse.Namespace) -> int:
     if args.export or args.engine != "local":
         raise VitsamError("--export and --engine ray take images, not videos: leave them out")
     if (args.negative or args.classes or args.class_box_thresholds or args.point
-            or args.neg_point or args.exemplar):  # fmt: skip
+            or args.neg_point or args.exemplar or args.neg_exemplar):  # fmt: skip
         raise VitsamError(
             "--negative, --classes, --exemplar, per-class --box-threshold and --point take "
             "images, not "

@@ -17,10 +17,16 @@ from vitsam.errors import VitsamError
 from vitsam.seg.deformable import use_gather_attention
 from vitsam.seg.mixed_precision import Fp32Fallback
 from vitsam.seg.registry import DETECTORS, resolve, with_hub_errors
-from vitsam.seg.request import SEPARATORS, normalize_text, split_prompt  # noqa: F401
+from vitsam.seg.request import (  # noqa: F401
+    SEPARATORS,
+    no_negative_exemplars,
+    normalize_text,
+    split_prompt,
+)
 from vitsam.seg.results import Detection
 
 log = logging.getLogger("vitsam")
+
 
 
 class Detector(Fp32Fallback):
@@ -101,14 +107,16 @@ class Detector(Fp32Fallback):
     def detect_like(
         self,
         image: Image.Image,
-        reference: Image.Image,
-        box: tuple[float, float, float, float],
+        examples: list[tuple[Image.Image, tuple[float, float, float, float], bool]],
         label: str,
         box_threshold: float,
+        text: str | None = None,
     ) -> list[Detection]:
-        """Boxes in `image` of what `box` (XYXY pixels, on `reference`, which may be `image`
-        itself) shows, labelled `label`. Raises VitsamError for a detector that cannot take
-        an example as its query."""
+        """Boxes in `image` of what the examples show, labelled `label`. Each example is
+        (reference, box, positive): `box` XYXY pixels on `reference` (which may be `image`
+        itself); a negative one boxes what must not match. `text`: a phrase to search
+        for beside the boxes (only negative boxes then). Raises VitsamError for a detector
+        that cannot take examples as its query, or negative examples it cannot read."""
         raise VitsamError(
             f"the {self.kind or self.name} detector takes text only: exemplars need --detector "
             "owlv2 (OWLv2's image-guided detection) or --segmenter sam3"
@@ -210,11 +218,20 @@ class Owlv2(Detector):
         return _detections(res["boxes"].float(), res["scores"].float(), labels, w, h)
 
     @torch.inference_mode()
-    def detect_like(self, image, reference, box, label, box_threshold):
+    def detect_like(self, image, examples, label, box_threshold, text=None):
         """OWLv2's image-guided detection (transformers' `image_guided_detection`, Minderer
-        et al. 2023): the boxed crop of `reference` is embedded as the query, each of the
+        et al. 2023): each example's boxed crop is embedded as the query, each of the
         image's boxes scored against it; boxes over `box_threshold`, NMS at IoU 0.3 as the
-        processor does."""
+        processor does. Raises VitsamError for negative examples (OWLv2 has no such
+        query)."""
+        if text is not None or not all(positive for _, _, positive in examples):
+            raise no_negative_exemplars()
+        found = []
+        for reference, box, _ in examples:
+            found += self._like(image, reference, box, label, box_threshold)
+        return found
+
+    def _like(self, image, reference, box, label, box_threshold):
         example = reference.crop(tuple(int(round(v)) for v in box))
         inputs = self.processor(images=image, query_images=example, return_tensors="pt")
         out = self.run_finite(

@@ -39,6 +39,7 @@ from vitsam.seg.request import (
     check_boxes,
     check_points,
     no_box_prompts,
+    no_negative_exemplars,
     text_native,
 )
 
@@ -112,6 +113,8 @@ class LabelSettings:
                         f"{self.detector} takes text only: exemplars need --detector owlv2 "
                         "(OWLv2's image-guided detection) or --segmenter sam3"
                     )
+                if any(e.get("negative") for e in self.exemplars):
+                    raise no_negative_exemplars()
             for e in self.exemplars:  # a box off its reference image fails before models load
                 if e.get("image"):
                     from vitsam.images import open_image

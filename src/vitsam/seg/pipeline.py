@@ -118,8 +118,10 @@ class TextSegmenter:
         what each removed). `box_threshold` a number, or {class: threshold} overriding the
         default for those classes. `exemplars` (request.Exemplar: a box on a reference
         image, or on this one) find objects like the boxed one (OWLv2's image-guided
-        detection), labelled with the exemplar's class, with or without phrases. `prompt`
-        may be a ready request.Prompt instead.
+        detection, SAM 3's geometric prompt), labelled with the exemplar's class, with or
+        without phrases; a negative exemplar (SAM 3 only) goes into its class's prompt as
+        a label-0 box: beside the positive exemplars, or beside the class's phrases when
+        it has none. `prompt` may be a ready request.Prompt instead.
 
         A list of images gives a list of results, one per image, in order (as lang-sam's
         `predict`): `prompt` is then one prompt for all or a list of the same length.
@@ -157,16 +159,22 @@ class TextSegmenter:
         t0 = time.perf_counter()
         lowest = min([default_box, *request.box_thresholds.values()])  # then per class, below
         found = []
-        if request.class_of:
+        beside = request.beside_text()  # classes whose phrases go with negative boxes
+        plain = [p for p in request.phrases if request.class_of.get(p) not in beside]
+        if request.class_of and plain:
             found = self.detector.detect(
                 pil,
-                request.phrases,
+                plain,
                 lowest,
                 self.text_threshold if text_threshold is None else text_threshold,
             )
-        for ex in request.exemplars:
-            reference, box = self._example(ex, pil)
-            found += self.detector.detect_like(pil, reference, box, ex.label, lowest)
+        for label, group in request.exemplar_groups().items():
+            examples = [(*self._example(ex, pil), not ex.negative) for ex in group]
+            if label not in beside:
+                found += self.detector.detect_like(pil, examples, label, lowest)
+                continue
+            for phrase in (p for p, c in request.class_of.items() if c == label):
+                found += self.detector.detect_like(pil, examples, phrase, lowest, text=phrase)
         found.sort(key=lambda d: -d.score)
         found, removed = apply_prompt(found, request, default_box, self.negative_iou)
         if self.nms_iou > 0:

@@ -164,6 +164,12 @@ def no_box_prompts(name: str) -> VitsamError:
     )
 
 
+def no_negative_exemplars() -> VitsamError:
+    return VitsamError(
+        "negative exemplars are SAM 3's label-0 boxes: use --segmenter sam3, or leave them out"
+    )
+
+
 def check_box_segmenter(segmenter: str) -> None:
     """Box prompts need a segmenter that takes boxes: raises VitsamError for SAM 3 before
     it loads."""
@@ -196,6 +202,19 @@ class Prompt:
     def threshold(self, label: str, default: float) -> float:
         return self.box_thresholds.get(self.class_of.get(label, label), default)
 
+    def exemplar_groups(self) -> dict[str, list[Exemplar]]:
+        """The exemplars by class, in the order given: one geometric prompt per class."""
+        groups: dict[str, list[Exemplar]] = {}
+        for ex in self.exemplars:
+            groups.setdefault(ex.label, []).append(ex)
+        return groups
+
+    def beside_text(self) -> set[str]:
+        """Classes with negative exemplars and no positive one: their boxes go beside the
+        class's phrases (SAM 3 takes text and boxes in one prompt)."""
+        return {c for c, group in self.exemplar_groups().items()
+                if all(ex.negative for ex in group)}  # fmt: skip
+
     @classmethod
     def parse(
         cls,
@@ -213,7 +232,8 @@ class Prompt:
         classes, a negative that is also a positive phrase, an empty class, or a threshold
         for a class the request does not have or outside 0..1. `exemplars` (Exemplar) add
         their labels as classes (one may share a text class's name: both feed it), and
-        with them no phrase is needed.
+        with them no phrase is needed. A negative exemplar must name a class the request
+        has (VitsamError otherwise).
         """
         class_of: dict[str, str] = {}
         order: list[str] = []
@@ -247,9 +267,15 @@ class Prompt:
             except VitsamError as e:
                 raise VitsamError(f"class {name!r}: {e}") from None
         for ex in exemplars:
-            if ex.label not in order:
+            if not ex.negative and ex.label not in order:
                 order.append(ex.label)
-        if not class_of and not exemplars:
+        for ex in exemplars:  # a negative box narrows a class: it needs one to narrow
+            if ex.negative and ex.label not in order:
+                raise VitsamError(
+                    f"negative exemplar of {ex.label!r}, which is not a class here: give it "
+                    "the class of a phrase or a positive exemplar ([CLASS=]REF.jpg:...)"
+                )
+        if not class_of and not any(not ex.negative for ex in exemplars):
             raise VitsamError(
                 "empty prompt: give at least one phrase, e.g. 'cat. remote control'"
                 + (" (the class map has no classes)" if classes is not None else "")
@@ -287,15 +313,22 @@ EXEMPLAR = "exemplar"  # the class of an exemplar given without a name
 @dataclass(frozen=True)
 class Exemplar:
     """One boxed example of what to find: `box` XYXY pixels on the image at `image` (a
-    file path, or None: the image being segmented), its matches labelled `label`."""
+    file path, or None: the image being segmented), its matches labelled `label`.
+
+    A `negative` exemplar boxes what its class must not match (SAM 3's label-0 exemplar
+    box): it goes into the same geometric prompt as the class's positive exemplars, or
+    beside the class's phrases.
+    """
 
     box: tuple[float, float, float, float]
     image: str | None = None
     label: str = EXEMPLAR
+    negative: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> Exemplar:
-        """'[CLASS=]REF.jpg:X1,Y1,X2,Y2' (the CLI's --exemplar) -> an Exemplar.
+    def parse(cls, text: str, negative: bool = False) -> Exemplar:
+        """'[CLASS=]REF.jpg:X1,Y1,X2,Y2' (the CLI's --exemplar, or --neg-exemplar with
+        `negative`) -> an Exemplar.
 
         Raises VitsamError for text of another shape or a bad box (check_boxes' rules).
         """
@@ -312,20 +345,26 @@ class Exemplar:
                 f"exemplar {text!r}: give [CLASS=]REF.jpg:X1,Y1,X2,Y2 (a box in pixels on REF.jpg)"
             )
         check_boxes([list(box)])
-        return cls(box, path, " ".join(normalize_text(label).split()).lower() or EXEMPLAR)
+        label = " ".join(normalize_text(label).split()).lower() or EXEMPLAR
+        return cls(box, path, label, negative)
 
     @classmethod
     def from_json(cls, value) -> Exemplar:
-        """{"box": [x1, y1, x2, y2], "label": "cat", "image": "ref.jpg"} (image and label
-        optional) -> an Exemplar; raises VitsamError for another shape."""
+        """{"box": [x1, y1, x2, y2], "label": "cat", "image": "ref.jpg", "negative": true}
+        (image, label and negative optional) -> an Exemplar; raises VitsamError for another
+        shape."""
         if not isinstance(value, dict) or "box" not in value:
             raise VitsamError('an exemplar is {"box": [x1, y1, x2, y2], "label": "cat"}')
         box = check_boxes([value["box"]])[0]
         label = " ".join(normalize_text(str(value.get("label") or EXEMPLAR)).split()).lower()
-        return cls(tuple(map(float, box)), value.get("image"), label or EXEMPLAR)
+        negative = value.get("negative", False)
+        if not isinstance(negative, bool):
+            raise VitsamError("an exemplar's 'negative' is true or false")
+        return cls(tuple(map(float, box)), value.get("image"), label or EXEMPLAR, negative)
 
     def to_json(self) -> dict:
-        return {"box": list(self.box), "label": self.label, "image": self.image}
+        out = {"box": list(self.box), "label": self.label, "image": self.image}
+        return {**out, "negative": True} if self.negative else out
 
 
 def load_classes(path: str | Path) -> dict[str, list[str]]:

@@ -109,29 +109,42 @@ class Sam3Segmenter(Mixed):
         return found
 
     @torch.inference_mode()
-    def detect_like(self, image, reference, box, label, box_threshold):
-        """Every instance like the boxed one, through SAM 3's geometric prompt (a positive
-        exemplar box, `input_boxes` + `input_boxes_labels`, with the text "visual" as the
-        processor supplies for box-only prompts; Carion et al. 2025, "SAM 3").
+    def detect_like(self, image, examples, label, box_threshold, text=None):
+        """Every instance like the positive boxes and unlike the negative ones, through
+        SAM 3's geometric prompt (exemplar boxes labelled 1 or 0, `input_boxes` +
+        `input_boxes_labels`, with the text "visual" as the processor supplies for
+        box-only prompts, or `text` beside negative boxes; Carion et al. 2025, "SAM 3").
 
-        SAM 3 takes exemplar boxes on the image it segments. A reference in another image
-        is placed beside the image on one canvas (reference left, image right), the box on
-        the reference half, and only instances on the image half are kept, shifted back:
-        one SAM 3 pass on the wider canvas, which SAM 3 resizes to its 1008x1008 input, so
-        each half gets about half the resolution. The box's own instance (same image) is
-        kept: it is one of the objects asked for.
+        SAM 3 takes exemplar boxes on the image it segments. References in other images
+        are placed beside the image on one canvas (references left to right, the image
+        last), each box on its reference, and only instances on the image's part are
+        kept, shifted back: one SAM 3 pass on the wider canvas, which SAM 3 resizes to its
+        1008x1008 input, so with one reference each half gets about half the resolution.
+        A box's own instance (same image) is kept: it is one of the objects asked for.
         """
         w, h = image.size
-        if reference is image:
-            canvas, offset = image, 0
-        else:
-            offset = reference.width
-            canvas = Image.new("RGB", (reference.width + w, max(reference.height, h)))
-            canvas.paste(reference, (0, 0))
+        others: list[Image.Image] = []  # distinct references other than the image
+        for reference, _, _ in examples:
+            if reference is not image and all(reference is not o for o in others):
+                others.append(reference)
+        starts, offset = [], 0
+        for o in others:
+            starts.append(offset)
+            offset += o.width
+        canvas = image
+        if others:
+            canvas = Image.new("RGB", (offset + w, max(h, *(o.height for o in others))))
+            for o, x in zip(others, starts):
+                canvas.paste(o, (x, 0))
             canvas.paste(image, (offset, 0))
-        inputs = self.processor(
-            images=canvas, input_boxes=[[list(box)]], input_boxes_labels=[[1]], return_tensors="pt"
-        )
+        boxes, labels = [], []
+        for reference, (x1, y1, x2, y2), positive in examples:
+            dx = offset if reference is image else starts[next(
+                i for i, o in enumerate(others) if o is reference)]  # fmt: skip
+            boxes.append([x1 + dx, y1, x2 + dx, y2])
+            labels.append(int(positive))
+        inputs = self.processor(images=canvas, text=text, input_boxes=[boxes],
+                                input_boxes_labels=[labels], return_tensors="pt")  # fmt: skip
         given = {k: v.to(self.device) for k, v in inputs.items() if k != "original_sizes"}
         given["pixel_values"] = given["pixel_values"].float()
         given["input_boxes"] = given["input_boxes"].float()
@@ -140,7 +153,7 @@ class Sam3Segmenter(Mixed):
         found = []
         for d in self._instances(out, label, canvas, box_threshold):
             x1, y1, x2, y2 = d.box
-            if offset and (x1 + x2) / 2 < offset:  # an instance on the reference half
+            if offset and (x1 + x2) / 2 < offset:  # an instance on a reference
                 continue
             x1, x2 = max(0.0, x1 - offset), min(float(w), x2 - offset)
             y2 = min(float(h), y2)
