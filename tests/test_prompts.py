@@ -12,7 +12,7 @@ from tests.test_segment import run_cli
 from vitsam.errors import VitsamError
 from vitsam.seg import TextSegmenter
 from vitsam.seg.pipeline import apply_prompt
-from vitsam.seg.request import Prompt, load_classes
+from vitsam.seg.request import Prompt, load_classes, parse_classes
 from vitsam.seg.results import Detection
 
 CAT = (10.0, 10.0, 60.0, 60.0)
@@ -97,6 +97,12 @@ def test_a_class_map_file_refuses_a_class_listed_twice(tmp_path):
         load_classes(tmp_path / "list.yaml")
     with pytest.raises(VitsamError, match="no such class map file"):
         load_classes(tmp_path / "missing.yaml")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    with pytest.raises(VitsamError, match="empty.yaml: the class map is empty"):
+        load_classes(tmp_path / "empty.yaml")
+    assert parse_classes("pet: [cat, dog]", "the page") == {"pet": ["cat", "dog"]}
+    with pytest.raises(VitsamError, match="^the page: not YAML"):
+        parse_classes("pet: [cat", "the page")
 
 
 @pytest.fixture
@@ -138,8 +144,9 @@ def test_refused_requests_write_nothing(models, photo, tmp_path, capsys):
     assert not out.exists()
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"")
-    assert run_cli(models, str(clip), "--prompt", "cat", "--negative", "dog") == 2
-    assert "take images, not videos yet" in capsys.readouterr().err
+    assert run_cli(models, str(clip), "--prompt", "cat", "--negative", "cat", "--out", str(out)) == 2
+    assert "both a phrase and a negative phrase" in capsys.readouterr().err  # videos: the same
+    assert not out.exists()
 
 
 def test_cli_python_and_http_give_the_same_json(models, photo, tmp_path):

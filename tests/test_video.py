@@ -421,3 +421,69 @@ def test_videos_need_a_video_model(models, video_models, clip):
         VideoSegmenter.from_pretrained(None, models["sam2"], device="cpu")
     with pytest.raises(VitsamError, match="cannot track"):
         VideoSegmenter.from_pretrained(None, models["sam"], device="cpu")
+
+
+def test_class_maps_negatives_and_thresholds_hold_on_every_key_frame(models, video_models, clip, tmp_path):
+    """A video takes the image's request: the class map names the labels, a negative phrase
+    removes what it describes on each key frame (counted per frame), a per-class threshold
+    filters that class."""
+    from vitsam.seg.request import Prompt
+
+    video = VideoSegmenter.from_pretrained(
+        models["grounding_dino"], video_models["sam2_video"], device="cpu", redetect=6
+    )
+    FollowTheSquares(video.tracker)
+    request = Prompt.parse("", classes={"block": ["square"]}, negative="other square")
+    result = video.segment(clip, request, tmp_path, formats=("json",))
+    doc = json.loads((tmp_path / "clip.json").read_text())
+    assert doc["classes"] == {"block": ["square"]} and doc["negatives"] == ["other square"]
+    labels = {(d["track_id"], d["label"]) for f in doc["frames"] for d in f["detections"]}
+    assert labels == {(1, "block")} and result.track_ids == {1}  # the blue square never tracked
+    removed = {f["frame"]: f["removed"]["other square"] for f in doc["frames"]}
+    assert removed[12] == removed[18] == 1 and removed[6] == 0 and removed[13] == 0
+
+    strict = Prompt.parse("", classes={"block": ["square"]}, box_thresholds={"block": 0.95})
+    assert all(not tracks for _, tracks in video.track(clip, strict, max_frames=3))
+
+
+def test_sam3_video_takes_a_class_map_and_negatives(video_models, clip, tmp_path):
+    out = tmp_path / "out"
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("pet: [cat, kitten]\n")
+    code = segment(video_models, clip, "--classes", classes, "--negative", "dog",
+                   "--box-threshold", "0", "--max-frames", "3", "--format", "json", "--out", out,
+                   segmenter="sam3")  # fmt: skip
+    assert code == 0
+    doc = json.loads((out / "clip.json").read_text())
+    assert doc["classes"] == {"pet": ["cat", "kitten"]} and doc["negatives"] == ["dog"]
+    assert {d["label"] for f in doc["frames"] for d in f["detections"]} <= {"pet"}
+    assert all(set(f["removed"]) == {"dog"} for f in doc["frames"])
+
+
+def test_clicks_on_the_first_frame_track_one_object(video_models, clip, tmp_path):
+    out = tmp_path / "out"
+    code = segment(video_models, clip, "--point", "25,55", "--neg-point", "100,20",
+                   "--max-frames", "3", "--format", "json", "--out", out)  # fmt: skip
+    assert code == 0
+    doc = json.loads((out / "clip.json").read_text())
+    assert doc["points"] == [[25.0, 55.0, 1.0], [100.0, 20.0, 0.0]] and doc["detector"] == ""
+    for f in doc["frames"]:
+        assert {d["track_id"] for d in f["detections"]} <= {1}
+        assert all(d["label"] == "object" for d in f["detections"])
+
+
+def test_video_prompt_refusals_are_one_line(video_models, clip, tmp_path, capsys):
+    ref = tmp_path / "ref.png"
+    Image.new("RGB", (40, 40), RED).save(ref)
+    for args, segmenter, message, code in (
+        (["--exemplar", f"{ref}:0,0,30,30"], "sam3", "exemplars in a video need", 2),
+        (["--point", "25,55"], "sam3", "box prompts need a SAM or SAM 2", 2),
+        (["--prompt", "cat", "--negative", "cat"], "sam3", "both a phrase and a negative", 2),
+        (["--point", "500,55"], "sam2_video", "lies outside the 160x120 image", 1),  # per video
+        (["--box", "200,10,300,50"], "sam2_video", "lies wholly outside the 160x120", 1),
+    ):
+        out = tmp_path / "refused"
+        assert segment(video_models, clip, *args, "--out", out, segmenter=segmenter) == code, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()

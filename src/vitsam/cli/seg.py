@@ -184,11 +184,12 @@ class ThresholdFlag(argparse.Action):
     go to `class_box_thresholds`."""
 
     def __call__(self, parser, namespace, value, option_string=None):
-        name, _, number = value.rpartition("=")
+        from vitsam.seg.request import class_threshold
+
         try:
-            threshold = float(number)
-        except ValueError:
-            parser.error(f"{option_string}: {value!r} is not T or CLASS=T (T a number 0..1)")
+            name, threshold = class_threshold(value)
+        except VitsamError as e:
+            parser.error(f"{option_string}: {e}")
         if name:
             extra = dict(getattr(namespace, "class_box_thresholds", None) or {})
             extra[name] = threshold
@@ -380,25 +381,23 @@ def _segment_videos(args: argparse.Namespace) -> int:
     """`vitsam segment clip.mp4 ...`: tracks through each video, outputs as they are made."""
     from tqdm import tqdm
 
-    from vitsam.seg.request import check_boxes, split_prompt
+    from vitsam.seg.request import check_options, text_native
     from vitsam.seg.results import parse_formats
+    from vitsam.seg.tracking import Sam3VideoTracker
     from vitsam.seg.video import VIDEO_FORMATS, VideoSegmenter
     from vitsam.seg.videoio import VideoReader, is_video_path
 
     if args.export or args.engine != "local":
         raise VitsamError("--export and --engine ray take images, not videos: leave them out")
-    if (args.negative or args.classes or args.class_box_thresholds or args.point
-            or args.neg_point or args.exemplar or args.neg_exemplar):  # fmt: skip
-        raise VitsamError(
-            "--negative, --classes, --exemplar, per-class --box-threshold and --point take "
-            "images, not "
-            "videos yet: leave them out"
-        )
     formats = parse_formats(args.format or ",".join(VIDEO_FORMATS), VIDEO_FORMATS, "for a video")
-    if args.box:
-        check_boxes(args.box)
-    else:
-        split_prompt(args.prompt or "")
+    check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections,
+                  args.negative_iou)  # fmt: skip
+    settings = _label_settings(args)
+    settings.check()  # the image rules: bad boxes, clicks, prompts and class maps fail here
+    prompted = bool(settings.boxes or settings.points)
+    request = None if prompted else settings.request()
+    if request is not None and text_native(args.segmenter):
+        Sam3VideoTracker.check(request)
     if (args.max_frames is not None and args.max_frames < 1) or args.stride < 1:
         raise VitsamError("--max-frames and --stride must be 1 or more")
     videos = [Path(p) for p in args.inputs]
@@ -414,11 +413,12 @@ def _segment_videos(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()
     segmenter = VideoSegmenter.from_pretrained(
-        detector=None if args.box else args.detector,
+        detector=None if prompted else args.detector,
         segmenter=args.segmenter,
         device=args.device,
         precision=args.precision,
         redetect=args.redetect,
+        negative_iou=args.negative_iou,
         **_detection_options(args),
     )
     out, failed = Path(args.out), 0
@@ -436,7 +436,8 @@ def _segment_videos(args: argparse.Namespace) -> int:
         bar = tqdm(total=total, desc=path.name, unit="frame", disable=args.quiet)
         try:
             result = segmenter.segment(
-                path, args.prompt or "", out, formats=formats, boxes=args.box,
+                path, request or args.prompt or "", out, formats=formats,
+                boxes=settings.boxes or None, points=settings.points or None,
                 stride=args.stride, max_frames=args.max_frames, fps=args.fps,
                 on_frame=lambda frame, tracks, bar=bar: bar.update(1),
             )  # fmt: skip

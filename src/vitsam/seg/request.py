@@ -367,17 +367,36 @@ class Exemplar:
         return {**out, "negative": True} if self.negative else out
 
 
+def class_threshold(text: str) -> tuple[str, float]:
+    """'cat=0.5' -> ('cat', 0.5), '0.4' -> ('', 0.4): a box threshold, a class's or the
+    default (its range is check_options'). Raises VitsamError for another shape."""
+    name, _, number = text.rpartition("=")
+    try:
+        return name.strip(), float(number)
+    except ValueError:
+        raise VitsamError(f"{text!r} is not T or CLASS=T (T a number 0..1)") from None
+
+
 def load_classes(path: str | Path) -> dict[str, list[str]]:
     """A class map file (YAML or JSON: `cat: [kitten, tabby cat]`) -> {class: phrases}.
 
-    Raises VitsamError for a missing or unreadable file, one that is not a mapping, or a
-    class listed twice (YAML itself would keep the last silently).
+    Raises VitsamError for a missing or unreadable file, or what parse_classes refuses.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise VitsamError(f"{path}: no such class map file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VitsamError(f"{path}: cannot read ({e})") from None
+    return parse_classes(text, str(path))
+
+
+def parse_classes(text: str, source: str = "class map") -> dict[str, list[str]]:
+    """YAML or JSON text (`cat: [kitten, tabby cat]`) -> {class: phrases}; `source` names it
+    in errors. Raises VitsamError for text that is not YAML, not a mapping, an empty one,
+    or a class listed twice (YAML itself would keep the last silently)."""
+    import yaml
 
     class Unique(yaml.SafeLoader):
         pass
@@ -386,16 +405,16 @@ def load_classes(path: str | Path) -> dict[str, list[str]]:
         keys = [loader.construct_object(k) for k, _ in node.value]
         twice = next((k for k in keys if keys.count(k) > 1), None)
         if twice is not None:
-            raise VitsamError(f"{path}: class {twice!r} is listed twice: list it once")
+            raise VitsamError(f"{source}: class {twice!r} is listed twice: list it once")
         return loader.construct_mapping(node)
 
     Unique.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Unique)  # noqa: S506
+        data = yaml.load(text, Loader=Unique)  # noqa: S506
     except yaml.YAMLError as e:
-        raise VitsamError(f"{path}: not YAML or JSON ({str(e).splitlines()[0]})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise VitsamError(f"{path}: cannot read ({e})") from None
-    if not isinstance(data, dict) or not data:
-        raise VitsamError(f"{path}: a class map is a mapping, e.g. 'cat: [kitten, tabby cat]'")
+        raise VitsamError(f"{source}: not YAML or JSON ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict) and not data or data is None:
+        raise VitsamError(f"{source}: the class map is empty: give e.g. 'cat: [kitten, tabby cat]'")
+    if not isinstance(data, dict):
+        raise VitsamError(f"{source}: a class map is a mapping, e.g. 'cat: [kitten, tabby cat]'")
     return {str(k): v for k, v in data.items()}

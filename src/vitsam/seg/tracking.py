@@ -1,6 +1,7 @@
 """Trackers: a text prompt followed through a video, frame by frame, with stable track ids.
 
-Two recipes behind one interface (`start(prompt)`, then `step(image) -> [Track]` per frame):
+Two recipes behind one interface (`start(prompt)`, then `step(image) -> [Track]` per frame;
+`removed` then counts what each negative phrase removed on that frame):
 
 - `Sam3VideoTracker`: SAM 3's own video model (`Sam3VideoModel`, streamed frame by frame),
   which detects every frame and matches detections to its SAM 2-style tracker itself.
@@ -25,9 +26,15 @@ from PIL import Image
 
 from vitsam.errors import VitsamError
 from vitsam.seg.mixed_precision import Mixed
-from vitsam.seg.pipeline import TextSegmenter
+from vitsam.seg.pipeline import TextSegmenter, apply_prompt
 from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
-from vitsam.seg.request import MAX_DETECTIONS, check_boxes, split_prompt
+from vitsam.seg.request import (
+    MAX_DETECTIONS,
+    NEGATIVE_IOU,
+    Prompt,
+    check_boxes,
+    check_points,
+)
 from vitsam.seg.results import Detection
 
 
@@ -45,8 +52,11 @@ class Sam3VideoTracker(Mixed):
     """SAM 3's video model over streamed frames; phrases are the prompt's, ids SAM 3's + 1."""
 
     def __init__(self, name: str, model, processor, device, dtype, score_threshold: float = 0.0,
-                 max_objects: int = MAX_DETECTIONS) -> None:  # fmt: skip
+                 max_objects: int = MAX_DETECTIONS, negative_iou: float = NEGATIVE_IOU) -> None:  # fmt: skip
         self.name, self.processor, self.score_threshold = name, processor, score_threshold
+        self.negative_iou = negative_iou
+        self.prompt: Prompt | None = None
+        self.removed: dict[str, int] = {}
         self.model = self.place(model, device, dtype)  # fp32 weights, `dtype` under autocast
         self.model.max_num_objects = max_objects  # SAM 3 starts no tracks beyond this
         tracker = model.config.tracker_config
@@ -57,7 +67,8 @@ class Sam3VideoTracker(Mixed):
 
     @staticmethod
     def from_pretrained(name: str, device, dtype, score_threshold: float = 0.0,
-                        max_objects: int = MAX_DETECTIONS) -> Sam3VideoTracker:  # fmt: skip
+                        max_objects: int = MAX_DETECTIONS,
+                        negative_iou: float = NEGATIVE_IOU) -> Sam3VideoTracker:  # fmt: skip
         """`sam3` (facebook/sam3), a hub id or folder whose config is `sam3_video`.
 
         SAM 3 keeps its own detection thresholds (0.5 to keep a detection, 0.7 to start a
@@ -75,16 +86,33 @@ class Sam3VideoTracker(Mixed):
         processor = with_hub_errors(name, lambda: Sam3VideoProcessor.from_pretrained(source))
         model = with_hub_errors(name, lambda: Sam3VideoModel.from_pretrained(source))
         use_cpu_postprocessing()
-        return Sam3VideoTracker(name, model, processor, device, dtype, score_threshold, max_objects)
+        return Sam3VideoTracker(name, model, processor, device, dtype, score_threshold,
+                                max_objects, negative_iou)  # fmt: skip
 
-    def start(self, prompt: str, boxes=None) -> None:
-        if boxes is not None:
-            raise VitsamError(f"{self.name} tracks what a text prompt names; it takes no boxes")
+    def start(self, prompt: str | Prompt, boxes=None, points=None) -> None:
+        """A prompt's phrases, class map, negatives and per-class thresholds: every phrase,
+        negatives too, is a text prompt of SAM 3's video model; each frame's tracks then
+        go through the image path's rules (pipeline.apply_prompt). Raises VitsamError for
+        boxes, clicks or exemplars (SAM 3 video takes text here)."""
+        if boxes is not None or points is not None:
+            raise VitsamError(f"{self.name} tracks what a text prompt names; it takes no boxes or clicks")
+        request = prompt if isinstance(prompt, Prompt) else Prompt.parse(prompt)
+        Sam3VideoTracker.check(request)
         self._session = self.processor.init_video_session(
             inference_device=self.device, dtype=torch.float32
         )
-        self.processor.add_text_prompt(self._session, split_prompt(prompt))
-        self._t = 0
+        self.processor.add_text_prompt(self._session, request.phrases)
+        self.prompt, self._t, self.removed = request, 0, {}
+
+    @staticmethod
+    def check(request: Prompt) -> None:
+        """Raise VitsamError for what SAM 3 video cannot take here (exemplars), before
+        anything loads."""
+        if request.exemplars:
+            raise VitsamError(
+                "exemplars in a video need a detector that takes them: --detector owlv2 "
+                "with a SAM 2 segmenter (e.g. --segmenter sam2.1-tiny)"
+            )
 
     @torch.inference_mode()
     def step(self, image: Image.Image) -> list[Track]:
@@ -105,9 +133,11 @@ class Sam3VideoTracker(Mixed):
         for obj, score, box, mask in zip(
             res["object_ids"].tolist(), res["scores"].tolist(), res["boxes"].tolist(), res["masks"]
         ):
-            if score >= self.score_threshold:
-                mask = mask.cpu().numpy()
-                tracks.append(Track(phrase[obj], score, tuple(box), mask, score, obj + 1))
+            mask = mask.cpu().numpy()
+            tracks.append(Track(phrase[obj], score, tuple(box), mask, score, obj + 1))
+        tracks.sort(key=lambda t: -t.score)
+        tracks, self.removed = apply_prompt(tracks, self.prompt, self.score_threshold,
+                                            self.negative_iou)  # fmt: skip
         return tracks
 
 
@@ -130,7 +160,9 @@ class DetectTrackSam2(Mixed):
         self.detector_name = finder.detector_name
         self.name = finder.segmenter.name
         self._session, self._t = None, 0
-        self._prompt, self._boxes = "", None
+        self._prompt: Prompt | None = None
+        self._boxes = self._points = None
+        self.removed: dict[str, int] = {}
         self._labels: dict[int, tuple[str, float]] = {}  # track id -> (phrase, detector score)
         self._next_id = 1
 
@@ -169,13 +201,25 @@ class DetectTrackSam2(Mixed):
         finder = TextSegmenter(found, masks, **options)
         return DetectTrackSam2(finder, model, processor, device, dtype, redetect)
 
-    def start(self, prompt: str, boxes=None) -> None:
-        """`boxes` (XYXY pixels of the first frame) replace the detector: tracked, not re-found."""
-        if boxes is None:
-            split_prompt(prompt)
+    def start(self, prompt: str | Prompt, boxes=None, points=None) -> None:
+        """`boxes` (XYXY pixels of the first frame) replace the detector: tracked, not
+        re-found. `points` ([[X, Y, LABEL], ...] on the first frame, with at most one box)
+        give one object, SAM 2's clicks. A prompt (text, or a request.Prompt with class
+        map, negatives, per-class thresholds, exemplars) is detected on every key frame as
+        TextSegmenter.segment does."""
+        if points is not None:
+            points = check_points(points)
+            if boxes is not None and len(boxes) > 1:
+                raise VitsamError("clicks take at most one box with them")
+        elif boxes is None:
+            prompt = prompt if isinstance(prompt, Prompt) else Prompt.parse(prompt)
             if self.finder.detector is None:
                 raise VitsamError("no detector loaded: give a prompt and a detector, or boxes")
-        self._prompt, self._boxes = prompt, None if boxes is None else check_boxes(boxes)
+        if isinstance(prompt, Prompt):
+            self._prompt = prompt
+        self._boxes = None if boxes is None else check_boxes(boxes)
+        self._points = points
+        self.removed = {}
         self._session = self.processor.init_video_session(
             inference_device=self.device, dtype=torch.float32
         )
@@ -187,7 +231,9 @@ class DetectTrackSam2(Mixed):
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
         pixels = pixels.to(self.device, torch.float32)
         masks, objectness = self._propagate(pixels, image) if self._labels else ({}, {})
-        key = t == 0 or (self.redetect > 0 and self._boxes is None and t % self.redetect == 0)
+        prompted = self._boxes is not None or self._points is not None
+        key = t == 0 or (self.redetect > 0 and not prompted and t % self.redetect == 0)
+        self.removed = {}
         if key:
             merged = self._merge(self._find(image), masks)
             self._session.reset_tracking_data()
@@ -219,9 +265,14 @@ class DetectTrackSam2(Mixed):
         return dict(zip(ids, masks)), dict(zip(ids, present))
 
     def _find(self, image: Image.Image) -> list[Detection]:
+        if self._points is not None:
+            box = None if self._boxes is None or not len(self._boxes) else self._boxes[0]
+            return self.finder.segment_points(image, self._points.tolist(), box).detections
         if self._boxes is not None:
-            return self.finder.segment_boxes(image, self._boxes, prompt=self._prompt).detections
-        return self.finder.segment(image, self._prompt).detections
+            return self.finder.segment_boxes(image, self._boxes).detections
+        result = self.finder.segment(image, self._prompt)
+        self.removed = {n["phrase"]: n["removed"] for n in result.negatives}
+        return result.detections
 
     def _merge(self, found: list[Detection], tracked: dict[int, np.ndarray]) -> dict:
         """Key-frame masks by track id: detections matched to tracks by mask IoU (Hungarian)

@@ -5,6 +5,7 @@ video = VideoSegmenter.from_pretrained(segmenter="sam3")            # or a detec
 for frame, tracks in video.track("clip.mp4", "person. dog"):        # one frame at a time
     ...                                                              # Track: track_id, label, ...
 video.segment("clip.mp4", "person. dog", "segments/")               # clip.overlay.mp4, clip.json
+video.segment("clip.mp4", Prompt.parse("car", negative="toy car"), "segments/")  # the image rules
 
 Frames are decoded, tracked, drawn and written one at a time (see videoio), so memory does
 not grow with the length of the clip.
@@ -20,7 +21,14 @@ from vitsam.devices import resolve_device
 from vitsam.errors import VitsamError
 from vitsam.seg.pipeline import seg_precision
 from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
-from vitsam.seg.request import MAX_DETECTIONS, text_native
+from vitsam.seg.request import (
+    MAX_DETECTIONS,
+    NEGATIVE_IOU,
+    Prompt,
+    check_boxes,
+    check_points,
+    text_native,
+)
 from vitsam.seg.results import draw_overlay
 from vitsam.seg.tracking import DetectTrackSam2, Sam3VideoTracker, Track
 from vitsam.seg.videoio import Frame, FramesJson, OverlayWriter, VideoInfo, VideoReader
@@ -56,7 +64,7 @@ class VideoSegmenter:
         """`segmenter` sam3 (text-native, no detector), or a SAM 2 video model with `detector`
         (None: box prompts on the first frame). `redetect`: the detector runs every that
         many processed frames (0: first frame only). Options as for TextSegmenter
-        (box_threshold, text_threshold, nms_iou, max_detections)."""
+        (box_threshold, text_threshold, nms_iou, max_detections, negative_iou)."""
         if redetect < 0:
             raise VitsamError("--redetect must be 0 (first frame only) or a number of frames")
         dev = resolve_device(device)
@@ -64,34 +72,40 @@ class VideoSegmenter:
         if text_native(segmenter):
             cap = options.get("max_detections", MAX_DETECTIONS)
             threshold = options.get("box_threshold", 0.0)  # SAM 3's own score, unfiltered
-            return cls(Sam3VideoTracker.from_pretrained(segmenter, dev, dtype, threshold, cap))
+            overlap = options.get("negative_iou", NEGATIVE_IOU)
+            return cls(Sam3VideoTracker.from_pretrained(segmenter, dev, dtype, threshold, cap, overlap))
         tracker = DetectTrackSam2.from_pretrained(detector, segmenter, dev, dtype, redetect, **options)
         return cls(tracker, redetect)
 
     def track(
         self,
         video: str | Path,
-        prompt: str = "",
+        prompt: str | Prompt = "",
         boxes=None,
         stride: int = 1,
         max_frames: int | None = None,
         fps: float | None = None,
+        points=None,
     ) -> Iterator[tuple[Frame, list[Track]]]:
         """(frame, its tracks) for every `stride`-th frame, at most `max_frames`.
 
-        `boxes`: XYXY pixels on the first frame, tracked instead of what a prompt names
-        (detector + SAM 2 only). `fps`: the rate of a folder of frames (default 30).
-        Raises VitsamError for a bad video, at the frame where decoding failed.
+        `prompt`: text, or a request.Prompt (class map, negative phrases, per-class
+        thresholds; exemplars with a detector that takes them), applied to each frame's
+        detections as for one image. `boxes`: XYXY pixels on the first frame, tracked
+        instead of what a prompt names; `points` [[X, Y, LABEL], ...] on the first frame
+        (with at most one box) for one object (detector + SAM 2 only). `fps`: the rate of
+        a folder of frames (default 30). Raises VitsamError for a bad video, at the frame
+        where decoding failed.
         """
         with VideoReader(video, fps) as reader:
-            self.tracker.start(prompt, boxes)
+            self.tracker.start(prompt, boxes, points)
             for frame in reader.frames(stride, max_frames):
                 yield frame, self.tracker.step(frame.image)
 
     def segment(
         self,
         video: str | Path,
-        prompt: str,
+        prompt: str | Prompt,
         out_dir: str | Path,
         name: str | None = None,
         formats: tuple[str, ...] = VIDEO_FORMATS,
@@ -100,6 +114,7 @@ class VideoSegmenter:
         max_frames: int | None = None,
         fps: float | None = None,
         on_frame: Callable[[Frame, list[Track]], None] | None = None,
+        points=None,
     ) -> VideoResult:
         """Write NAME.overlay.mp4 (masks, ids and labels drawn; fps / stride) and NAME.json.
 
@@ -110,19 +125,35 @@ class VideoSegmenter:
         stream mid-way stops the run with what was done kept: both files are valid and the
         JSON says where and why it stopped (`VideoResult.stopped` too). An error before the
         first frame (missing, unreadable, no video stream, first frame undecodable) raises
-        VitsamError.
+        VitsamError. The header records the request beyond the text (`classes`,
+        `box_thresholds`, `exemplars`, `negatives`, `points`), and with negative phrases
+        each frame says what each removed (`removed`). Prompt, boxes and points as for
+        `track`.
         """
-        self.tracker.start(prompt, boxes)  # bad prompts and boxes fail before any file is made
+        self.tracker.start(prompt, boxes, points)  # bad prompts fail before any file is made
+        request = prompt if isinstance(prompt, Prompt) else None
+        text = ", ".join(request.classes) if request else prompt
         reader = VideoReader(video, fps)
         info, out = reader.info, Path(out_dir)
+        try:  # boxes and clicks off the frame fail before any file is made
+            if boxes is not None:
+                check_boxes(boxes, (info.width, info.height))
+            if points is not None:
+                check_points(points, (info.width, info.height))
+        except VitsamError:
+            reader.close()
+            raise
         name = name or Path(video).stem
         out.mkdir(parents=True, exist_ok=True)
         result = VideoResult(info, 0)
         header = {
             "video": info.path, "width": info.width, "height": info.height,
             "rotation": info.rotation, "mirrored": info.mirrored,
-            "fps": round(info.fps, 3), "frame_count": info.frame_count, "prompt": prompt,
-            "detector": self.tracker.detector_name if boxes is None else "",
+            "fps": round(info.fps, 3), "frame_count": info.frame_count, "prompt": text,
+            **(request.to_json() if request else {}),
+            **({"negatives": list(request.negatives)} if request and request.negatives else {}),
+            **({"points": [list(map(float, p)) for p in points]} if points is not None else {}),
+            "detector": self.tracker.detector_name if boxes is None and points is None else "",
             "segmenter": self.tracker.name, "stride": stride, "max_frames": max_frames,
             "redetect": self.redetect,
         }  # fmt: skip
@@ -135,8 +166,12 @@ class VideoSegmenter:
             for frame in reader.frames(stride, max_frames):
                 tracks = self.tracker.step(frame.image)
                 if doc is not None:
-                    doc.add({"frame": frame.index, "time": round(frame.time, 4),
-                             "detections": [t.to_json() for t in tracks]})  # fmt: skip
+                    record = {"frame": frame.index, "time": round(frame.time, 4),
+                              "detections": [t.to_json() for t in tracks]}  # fmt: skip
+                    if request is not None and request.negatives:
+                        record["removed"] = {n: self.tracker.removed.get(n, 0)
+                                             for n in request.negatives}  # fmt: skip
+                    doc.add(record)
                 if overlay is not None:
                     overlay.write(draw_overlay(frame.image, tracks, ids=[t.track_id for t in tracks]))
                 result.frames += 1
