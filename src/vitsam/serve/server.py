@@ -21,11 +21,12 @@ def create_server(
     if page:
         import gradio as gr
 
-        from vitsam.serve.page import build_page
+        from vitsam.serve.page import CSS, GESTURES_JS, build_page
 
         app = gr.mount_gradio_app(
-            app, build_page(service), path="/", max_file_size=int(max_upload_mb * 2**20)
-        )
+            app, build_page(service), path="/", max_file_size=int(max_upload_mb * 2**20),
+            head=GESTURES_JS, css=CSS,
+        )  # fmt: skip
     return app
 
 
