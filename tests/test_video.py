@@ -487,3 +487,18 @@ def test_video_prompt_refusals_are_one_line(video_models, clip, tmp_path, capsys
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not out.exists()
+
+
+def test_an_owlv2_exemplar_labels_a_video_track_with_its_class(models, video_models, clip, tmp_path):
+    ref = tmp_path / "ref.png"
+    Image.fromarray(frame(0)).save(ref)
+    out = tmp_path / "out"
+    code = main(["segment", str(clip), "--detector", models["owlv2"], "--segmenter",
+                 video_models["sam2_video"], "--exemplar", f"block={ref}:10,40,40,70",
+                 "--box-threshold", "0", "--max-detections", "2", "--max-frames", "3",
+                 "--format", "json", "--out", str(out), "--device", "cpu", "--quiet"])  # fmt: skip
+    assert code == 0
+    doc = json.loads((out / "clip.json").read_text())
+    assert doc["exemplars"] == [{"box": [10.0, 40.0, 40.0, 70.0], "label": "block", "image": str(ref)}]
+    labels = {d["label"] for f in doc["frames"] for d in f["detections"]}
+    assert labels == {"block"}
