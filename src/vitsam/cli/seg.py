@@ -256,7 +256,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if args.box or args.point or args.neg_point:
         check_box_segmenter(args.segmenter)
-    if args.video or any(is_video_path(Path(p)) for p in args.inputs):
+    if args.video or any(is_video_path(Path(p)) or holds_videos(Path(p)) for p in args.inputs):
         return _segment_videos(args)
     exports = parse_exports(args.export)
     labelled = bool(exports) or args.engine == "ray"  # a LabelSet folder: resumable
@@ -377,19 +377,45 @@ def _print_exports(summaries) -> None:
         print(f"dataset: {s.path} ({s.images} images, {s.annotations} annotations{dropped})")
 
 
+def holds_videos(path: Path) -> bool:
+    """A folder (not of frames) with video files in it, and no images: `vitsam segment
+    videos/` labels its videos."""
+    from vitsam.images import IMAGE_SUFFIXES
+    from vitsam.seg.videoio import is_video_path
+
+    if not path.is_dir():
+        return False
+    files = [f for f in path.rglob("*") if f.is_file()]
+    return any(is_video_path(f) for f in files) and not any(
+        f.suffix.lower() in IMAGE_SUFFIXES for f in files
+    )
+
+
 def _segment_videos(args: argparse.Namespace) -> int:
-    """`vitsam segment clip.mp4 ...`: tracks through each video, outputs as they are made."""
+    """`vitsam segment clip.mp4 videos/ ...`: tracks through each video, outputs as they are
+    made; with --export mot,ytvis a resumable video dataset (seg.video_dataset)."""
     from tqdm import tqdm
 
+    from vitsam.seg.exports import ExportSummary
     from vitsam.seg.request import check_options, text_native
     from vitsam.seg.results import parse_formats
     from vitsam.seg.tracking import Sam3VideoTracker
     from vitsam.seg.video import VIDEO_FORMATS, VideoSegmenter
+    from vitsam.seg.video_dataset import (
+        FRAME_KINDS,
+        VideoDataset,
+        named_videos,
+        parse_video_exports,
+    )
     from vitsam.seg.videoio import VideoReader, is_video_path
 
-    if args.export or args.engine != "local":
-        raise VitsamError("--export and --engine ray take images, not videos: leave them out")
-    formats = parse_formats(args.format or ",".join(VIDEO_FORMATS), VIDEO_FORMATS, "for a video")
+    kinds = parse_video_exports(args.export)
+    if args.engine != "local":
+        raise VitsamError("--engine ray takes images, not videos: leave it out")
+    formats = parse_formats(args.format or ("json" if kinds else ",".join(VIDEO_FORMATS)),
+                            VIDEO_FORMATS, "for a video")  # fmt: skip
+    if kinds and "json" not in formats:
+        raise VitsamError("--export builds its datasets from the JSON: keep json in --format")
     check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections,
                   args.negative_iou)  # fmt: skip
     settings = _label_settings(args)
@@ -400,15 +426,31 @@ def _segment_videos(args: argparse.Namespace) -> int:
         Sam3VideoTracker.check(request)
     if (args.max_frames is not None and args.max_frames < 1) or args.stride < 1:
         raise VitsamError("--max-frames and --stride must be 1 or more")
-    videos = [Path(p) for p in args.inputs]
-    for v in videos:
+
+    def is_video(p: Path) -> bool:
+        return is_video_path(p) or (p.is_dir() and args.video)
+
+    for v in map(Path, args.inputs):
         if not v.exists():
             raise VitsamError(f"{v}: no such file or folder")
-        if not (is_video_path(v) or (v.is_dir() and args.video)):
+        if not (is_video(v) or holds_videos(v)):
             raise VitsamError(
-                f"{v}: not a video (.mp4 .mov .webm .mkv, or a folder of frames with --video): "
-                "segment images and videos in separate commands"
+                f"{v}: not a video (.mp4 .mov .webm .mkv, a folder of them, or a folder of "
+                "frames with --video): segment images and videos in separate commands"
             )
+    entries = named_videos([Path(p) for p in args.inputs], is_video)
+    out, failed, skipped = Path(args.out), 0, 0
+    dataset = None
+    if kinds:
+        options = {"stride": args.stride, "max_frames": args.max_frames,
+                   "redetect": args.redetect, "fps": args.fps}  # fmt: skip
+        dataset = VideoDataset(out, {**settings.to_json(), **options}, settings.categories())
+        todo = [(p, n) for p, n in entries if not dataset.done(n)]
+        skipped = len(entries) - len(todo)
+        if skipped:
+            log.info("%d of %d videos already done in %s: skipped", skipped, len(entries), out)
+    else:
+        todo = entries
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -420,9 +462,9 @@ def _segment_videos(args: argparse.Namespace) -> int:
         redetect=args.redetect,
         negative_iou=args.negative_iou,
         **_detection_options(args),
-    )
-    out, failed = Path(args.out), 0
-    for path in videos:
+    ) if todo else None  # fmt: skip
+    where = dataset.results if dataset else out
+    for path, name in todo:
         try:
             with VideoReader(path, args.fps) as probe:
                 info = probe.info
@@ -434,12 +476,17 @@ def _segment_videos(args: argparse.Namespace) -> int:
         if total and total * args.stride / info.fps > LONG_VIDEO_S:
             log.info("%s: %d frames to process; --max-frames or --stride shorten it", path, total)
         bar = tqdm(total=total, desc=path.name, unit="frame", disable=args.quiet)
+
+        def done(frame, tracks, bar=bar, name=name):
+            if dataset is not None and set(kinds) & set(FRAME_KINDS):
+                dataset.save_frame(name, frame.index, frame.image)
+            bar.update(1)
+
         try:
             result = segmenter.segment(
-                path, request or args.prompt or "", out, formats=formats,
+                path, request or args.prompt or "", where, name=name, formats=formats,
                 boxes=settings.boxes or None, points=settings.points or None,
-                stride=args.stride, max_frames=args.max_frames, fps=args.fps,
-                on_frame=lambda frame, tracks, bar=bar: bar.update(1),
+                stride=args.stride, max_frames=args.max_frames, fps=args.fps, on_frame=done,
             )  # fmt: skip
         except VitsamError as e:
             failed += 1
@@ -454,7 +501,15 @@ def _segment_videos(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         else:
             print(f"{path}: {result.frames} frames, {len(result.track_ids)} tracks: {files}")
-    print(f"{len(videos) - failed} of {len(videos)} videos segmented; outputs in {out}")
+    print(f"{len(todo) - failed} of {len(todo)} videos segmented; outputs in {out}"
+          + (f" ({skipped} done before)" if skipped else ""))  # fmt: skip
+    if dataset is not None:
+        for s in dataset.export(entries, kinds):
+            if isinstance(s, ExportSummary):  # coco, yolo: on the frames
+                _print_exports([s])
+                continue
+            broken = f", {s.stopped} cut short by a broken stream" if s.stopped else ""
+            print(f"{s.path}: {s.videos} videos, {s.tracks} tracks, {s.rows} rows{broken}")
     return 1 if failed else 0
 
 

@@ -224,6 +224,8 @@ def write_coco(
                     continue
                 summary.annotations += 1
                 ann = {"id": summary.annotations, "image_id": image_id, **ann}
+                if "track_id" in det:  # a video frame's: the object across frames
+                    ann["track_id"] = det["track_id"]
                 f.write(("," if summary.annotations > 1 else "") + json.dumps(ann) + "\n")
     summary.images = len(images)
     head = {
@@ -291,9 +293,11 @@ def write_yolo(items: Iterable[DatasetEntry], names: list[str], root: Path) -> E
     labels = root / "labels"
     labels.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary(root / "data.yaml")
-    for item in items:
+    for item in items:  # images/NAME.jpg -> labels/NAME.txt, images/V/000012.jpg -> labels/V/000012.txt
         lines, left_out = yolo_lines(item.doc, ids)
-        write_atomic(labels / f"{Path(item.file_name).stem}.txt", "".join(f"{s}\n" for s in lines))
+        dest = labels / Path(item.file_name).with_suffix(".txt")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(dest, "".join(f"{s}\n" for s in lines))
         summary.images += 1
         summary.annotations += len(lines)
         summary.left_out += left_out

@@ -153,6 +153,28 @@ class LabelSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
 
 
+def check_run(root: Path, mine: dict, defaults: dict) -> None:
+    """Raise VitsamError when ROOT/run.json records settings other than `mine` (a field
+    newer than the folder counts as its default): a rerun resumes only what it started."""
+    manifest = root / "run.json"
+    if not manifest.exists():
+        return
+    theirs = json.loads(manifest.read_text())
+    changed = [f"{k} {theirs.get(k, defaults.get(k))!r} -> {v!r}"
+               for k, v in mine.items() if theirs.get(k, defaults.get(k)) != v]  # fmt: skip
+    if changed:
+        raise VitsamError(
+            f"{root} was labelled with other settings ({'; '.join(changed)}): "
+            "use another --out, or delete that folder to start over"
+        )
+
+
+def write_run(root: Path, mine: dict) -> None:
+    """ROOT/run.json, the settings of the first run in ROOT (check_run holds later ones to it)."""
+    if not (root / "run.json").exists():
+        write_atomic(root / "run.json", json.dumps(mine, indent=1) + "\n")
+
+
 def output_name(relative: PurePosixPath | Path) -> str:
     """An image's path below its input folder -> its output name: 'sub/cat.jpg' -> 'sub__cat'."""
     return "__".join(relative.with_suffix("").parts)
@@ -181,26 +203,13 @@ class LabelSet:
         self.root, self.settings = Path(root), settings
         self.results = self.root / "results"
         self.images = self.root / "images"
-        manifest, mine = self.root / "run.json", settings.to_json()
-        if manifest.exists():
-            theirs = json.loads(manifest.read_text())
-            before = LabelSettings().to_json()  # a field newer than the folder: its default
-            changed = [
-                f"{k} {theirs.get(k, before[k])!r} -> {v!r}"
-                for k, v in mine.items()
-                if theirs.get(k, before[k]) != v
-            ]
-            if changed:
-                raise VitsamError(
-                    f"{self.root} was labelled with other settings ({'; '.join(changed)}): "
-                    "use another --out, or delete that folder to start over"
-                )
+        mine = settings.to_json()
+        check_run(self.root, mine, LabelSettings().to_json())
         self.results.mkdir(parents=True, exist_ok=True)
         for folder in (self.root, self.results, self.images, self.root / "labels"):
             for stale in folder.glob(f"*{TEMP_SUFFIX}") if folder.is_dir() else ():
                 remove(stale)  # what a kill left mid-write (a file, a link): never ours to keep
-        if not manifest.exists():
-            write_atomic(manifest, json.dumps(mine, indent=1) + "\n")
+        write_run(self.root, mine)
 
     def result_path(self, name: str) -> Path:
         return self.results / f"{name}.json"
@@ -271,7 +280,10 @@ def parse_exports(text: str | None) -> tuple[str, ...]:
 
     kinds = tuple(k.strip().lower() for k in (text or "").split(",") if k.strip())
     if set(kinds) - set(KINDS):
-        raise VitsamError(f"--export takes {' or '.join(KINDS)} (or both, comma-separated)")
+        video = " (mot and ytvis take videos)" if set(kinds) & {"mot", "ytvis"} else ""
+        raise VitsamError(
+            f"--export for images takes {' or '.join(KINDS)} (or both, comma-separated){video}"
+        )
     return tuple(dict.fromkeys(kinds))
 
 
