@@ -7,7 +7,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from vitsam.serve.auth import COOKIE, LOGIN, LOGOUT, OPEN_PATHS, bearer_token
+from vitsam.serve.auth import COOKIE, LOGIN, LOGOUT, OPEN_PATHS, basic_password, bearer_token
 from vitsam.serve.server import create_server
 from vitsam.serve.service import SegmentService
 
@@ -17,7 +17,8 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def app():
     pytest.importorskip("gradio")
-    return create_server(SegmentService(["grounding-dino-tiny"], ["sam2.1-tiny"]), TOKEN)
+    service = SegmentService(["grounding-dino-tiny"], ["sam2.1-tiny"])
+    return create_server(service, TOKEN, label_studio=True)  # its ML-backend routes too
 
 
 def routes(items, prefix=""):
@@ -50,6 +51,7 @@ def test_every_route_but_health_login_and_the_api_description_needs_the_token(ap
     assert seen > 60  # the Gradio app's own routes are in the sweep, not only ours
     gradio = {"/gradio_api/upload", "/gradio_api/queue/join", "/gradio_api/run/{api_name}"}
     assert gradio <= {p for p, _ in routes(app.routes)}
+    assert {"/health", "/setup", "/predict"} <= {p for p, _ in routes(app.routes)}
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", " bEaReR "])
@@ -58,6 +60,19 @@ def test_the_bearer_scheme_is_case_insensitive(app, scheme):
     assert client.get("/config", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
     wrong = client.get("/config", headers={"Authorization": f"{scheme} {TOKEN}x"})
     assert wrong.status_code == 401
+
+
+def test_label_studio_sends_the_token_as_a_basic_password(app):
+    import base64
+
+    def basic(user, password):
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    client = TestClient(app)
+    assert client.get("/health", headers={"Authorization": basic("ls", TOKEN)}).status_code == 200
+    assert client.get("/health", headers={"Authorization": basic("ls", TOKEN + "x")}).status_code == 401
+    assert client.get("/health", headers={"Authorization": "Basic not-base64!"}).status_code == 401
+    assert basic_password(basic("", "a:b")) == "a:b" and basic_password("Bearer x") is None
 
 
 def test_bearer_token_parsing():

@@ -248,6 +248,7 @@ def attach_box_values(argv: list[str]) -> list[str]:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from vitsam.seg.label_studio import require_sdk
     from vitsam.seg.labelset import LabelSet, named_images, parse_exports
     from vitsam.seg.local_runner import EntryResult, Outputs, segment_folder
     from vitsam.seg.request import check_box_segmenter, check_options
@@ -259,6 +260,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.video or any(is_video_path(Path(p)) or holds_videos(Path(p)) for p in args.inputs):
         return _segment_videos(args)
     exports = parse_exports(args.export)
+    if "label-studio" in exports:
+        require_sdk()
     labelled = bool(exports) or args.engine == "ray"  # a LabelSet folder: resumable
     formats = parse_formats(args.format or ("json" if labelled else ",".join(FORMATS)), FORMATS)
     check_options(args.box_threshold, args.text_threshold, args.nms, args.max_detections,
@@ -397,6 +400,7 @@ def _segment_videos(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vitsam.seg.exports import ExportSummary
+    from vitsam.seg.label_studio import require_sdk
     from vitsam.seg.request import check_options, text_native
     from vitsam.seg.results import parse_formats
     from vitsam.seg.tracking import Sam3VideoTracker
@@ -410,6 +414,8 @@ def _segment_videos(args: argparse.Namespace) -> int:
     from vitsam.seg.videoio import VideoReader, is_video_path
 
     kinds = parse_video_exports(args.export)
+    if "label-studio" in kinds:
+        require_sdk()
     if args.engine != "local":
         raise VitsamError("--engine ray takes images, not videos: leave it out")
     formats = parse_formats(args.format or ("json" if kinds else ",".join(VIDEO_FORMATS)),
@@ -439,6 +445,11 @@ def _segment_videos(args: argparse.Namespace) -> int:
                 "frames with --video): segment images and videos in separate commands"
             )
     entries = named_videos([Path(p) for p in args.inputs], is_video)
+    if "label-studio" in kinds and any(p.is_dir() for p, _ in entries):
+        raise VitsamError(
+            "--export label-studio takes video files (Label Studio's Video tag plays a file), "
+            "not folders of frames: encode the frames into a video first"
+        )
     out, failed, skipped = Path(args.out), 0, 0
     dataset = None
     if kinds:

@@ -40,6 +40,16 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument(
+        "--label-studio", action="store_true",
+        help="also answer Label Studio's ML-backend protocol (/health, /setup, /predict): "
+        "the project's labels are the prompt; with --token, the token is the Basic password",
+    )  # fmt: skip
+    p.add_argument(
+        "--classes", metavar="FILE",
+        help="class map (YAML or JSON, 'cat: [kitten, tabby cat]') for --label-studio: "
+        "phrases for the project's labels it names",
+    )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 
@@ -52,6 +62,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vitsam.serve.server import run
     from vitsam.serve.service import SegmentService
 
+    if args.classes and not args.label_studio:
+        raise VitsamError("--classes is for --label-studio here: add it, or leave --classes out")
+    classes = None
+    if args.classes:
+        from vitsam.seg.request import load_classes
+
+        classes = load_classes(args.classes)
+    if args.label_studio:
+        from vitsam.seg.label_studio import require_sdk
+
+        require_sdk()
     detectors = [d.strip() for d in args.detector.split(",") if d.strip()]
     segmenters = [s.strip() for s in args.segmenter.split(",") if s.strip()]
     if not detectors or not segmenters:
@@ -69,7 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
     )  # fmt: skip
     print(f"vitsam serving on http://{args.host}:{args.port}/ (API: /v1/segment, docs: /docs)")
-    run(service, args.host, args.port, token, args.max_upload_mb)
+    if args.label_studio:
+        print(f"Label Studio ML backend: connect a project to http://{args.host}:{args.port}")
+    run(service, args.host, args.port, token, args.max_upload_mb, args.label_studio, classes)
     return 0
 
 

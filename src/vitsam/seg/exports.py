@@ -39,7 +39,7 @@ from vitsam.errors import VitsamError
 from vitsam.files import remove, replacing, write_atomic
 from vitsam.seg.results import decode_rle
 
-KINDS = ("coco", "yolo")
+KINDS = ("coco", "yolo", "label-studio")
 
 
 @dataclass

@@ -244,7 +244,7 @@ class LabelSet:
         polygons: bool = False,
         image_mode: str = "auto",
     ) -> list[ExportSummary]:
-        """Rebuild each dataset kind ('coco', 'yolo') from the results of `entries` that
+        """Rebuild each dataset kind ('coco', 'yolo', 'label-studio') from the results of `entries` that
         are done, in entry order; local images are put into images/ as `image_mode` says
         (IMAGE_MODES; what an earlier run left in another mode is converted)."""
         done = [(loc, name) for loc, name in entries if self.result_path(name).exists()]
@@ -266,10 +266,20 @@ class LabelSet:
             for location, name in done:
                 yield DatasetEntry(f"{name}{suffix(location)}", self.read(name))
 
+        from vitsam.seg import label_studio as ls
+        from vitsam.seg.label_studio import write_tasks
+
+        def tasks():
+            for item in items():
+                regions = ls.image_results(item.doc)
+                yield ({"image": ls.local_file_url(f"images/{item.file_name}")},
+                       ls.prediction(regions, ls.model_version(item.doc)))  # fmt: skip
+
         names = self.settings.categories()
         writers = {
             "coco": lambda: write_coco(items(), names, self.root / "annotations.json", polygons),
             "yolo": lambda: write_yolo(items(), names, self.root),
+            "label-studio": lambda: write_tasks(tasks(), self.root, names),
         }
         return [writers[k]() for k in kinds]
 
@@ -281,9 +291,7 @@ def parse_exports(text: str | None) -> tuple[str, ...]:
     kinds = tuple(k.strip().lower() for k in (text or "").split(",") if k.strip())
     if set(kinds) - set(KINDS):
         video = " (mot and ytvis take videos)" if set(kinds) & {"mot", "ytvis"} else ""
-        raise VitsamError(
-            f"--export for images takes {' or '.join(KINDS)} (or both, comma-separated){video}"
-        )
+        raise VitsamError(f"--export for images takes {', '.join(KINDS)} (comma-separated){video}")
     return tuple(dict.fromkeys(kinds))
 
 
@@ -326,6 +334,15 @@ def place_image(src: Path, dest: Path, mode: str = "auto") -> str:
                 return "kept"  # the upright copy of an earlier run
             _save_upright(image, turned, dest)
             return "converted" if existed else "placed"
+    return place_file(src, dest, mode)
+
+
+def place_file(src: Path, dest: Path, mode: str = "auto") -> str:
+    """Put `src` at `dest` as `mode` says (IMAGE_MODES: a hard link else a copy, a copy,
+    or a relative link), replacing what is there. Returns 'kept', 'placed' or 'converted'."""
+    if _is_placed(src, dest, mode):
+        return "kept"
+    existed = os.path.lexists(dest)
     source = src.resolve()
     with replacing(dest) as tmp:
         if mode == "link":

@@ -9,6 +9,9 @@ from them.
     OUT/images/NAME/000123.jpg   the processed frames, upright (ytvis' file_names; coco, yolo)
     OUT/annotations.json         COCO on those frames, each annotation with its `track_id`
     OUT/labels/NAME/000123.txt   YOLO segmentation on those frames, and OUT/data.yaml
+    OUT/label-studio/tasks.json  Label Studio tasks (one per video, its tracks as
+                                 `videorectangle` predictions) and config.xml; the videos
+                                 in OUT/videos/ (hard links, else copies)
 
 A video whose result says `"complete": true` is done and a rerun skips it; one cut short
 (a kill, Ctrl-C) is redone from its first frame, so that its track ids stay one run's. A
@@ -37,7 +40,7 @@ from vitsam.errors import VitsamError
 from vitsam.files import replacing, write_atomic
 from vitsam.seg.labelset import check_run, output_name, write_run
 
-VIDEO_KINDS = ("mot", "ytvis", "coco", "yolo")
+VIDEO_KINDS = ("mot", "ytvis", "coco", "yolo", "label-studio")
 FRAME_KINDS = ("ytvis", "coco", "yolo")  # the exports that need the frames in OUT/images
 VideoEntry = tuple[Path, str]  # (a video file or a folder of frames, its output name)
 
@@ -136,7 +139,32 @@ class VideoDataset:
             out.append(write_coco(self._frames(docs), self.categories, self.root / "annotations.json"))
         if "yolo" in kinds:
             out.append(write_yolo(self._frames(docs), self.categories, self.root))
+        if "label-studio" in kinds:
+            out.append(self._label_studio(entries, docs))
         return out
+
+    def _label_studio(self, entries: list[VideoEntry], docs: list[tuple[str, dict]]):
+        from vitsam.seg import label_studio as ls
+        from vitsam.seg.labelset import place_file
+
+        path_of = {name: path for path, name in entries}
+        (self.root / "videos").mkdir(exist_ok=True)
+        keyframes = 0
+
+        def tasks():
+            nonlocal keyframes
+            for name, doc in docs:
+                source = path_of[name]
+                relative = f"videos/{name}{source.suffix.lower()}"
+                place_file(source, self.root / relative)
+                regions = ls.video_results(doc)
+                keyframes += sum(len(r["value"]["sequence"]) for r in regions)
+                yield {"video": ls.local_file_url(relative)}, ls.prediction(regions, ls.model_version(doc))
+
+        fps = docs[0][1]["fps"] if docs else 0.0
+        written = ls.write_tasks(tasks(), self.root, self.categories, video=True, fps=fps)
+        stopped = sum(doc["stopped"] is not None for _, doc in docs)
+        return VideoExportSummary(written.path, written.images, written.annotations, keyframes, stopped)
 
     @staticmethod
     def _frames(docs: list[tuple[str, dict]]):

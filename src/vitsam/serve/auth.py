@@ -4,6 +4,8 @@ With a token set, every request (the HTTP API, the mounted Gradio page and all o
 routes: its API, queue, uploads and files; websockets too) needs one of
 
 - `Authorization: Bearer TOKEN` (the scheme in any case, RFC 7235 §2.1), or
+- `Authorization: Basic ...` with TOKEN as the password, any user name (RFC 7617): what
+  Label Studio sends an ML backend, which takes no bearer token, or
 - the page's session cookie, which `POST /login` sets after a person types the token.
 
 It sits in front of the mounted Gradio app on purpose: a mounted Gradio app does not run
@@ -42,6 +44,23 @@ def bearer_token(authorization: str) -> str | None:
     return credentials.strip()
 
 
+def basic_password(authorization: str) -> str | None:
+    """The password of an `Authorization: Basic base64(user:password)` header value, else
+    None (RFC 7617)."""
+    import base64
+    import binascii
+
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "basic" or not credentials.strip():
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return password if sep else None
+
+
 def session_value(token: str) -> str:
     """The cookie the page keeps: an HMAC-SHA256 of the token, so the token itself never
     sits in the browser's cookie store. Changing the token ends every session."""
@@ -76,7 +95,10 @@ class TokenGuard:
 
     def _allowed(self, scope) -> bool:
         headers = _headers(scope)
-        given = bearer_token(headers.get("authorization", ""))
+        authorization = headers.get("authorization", "")
+        given = bearer_token(authorization)
+        if given is None:
+            given = basic_password(authorization)
         if given is not None:
             return hmac.compare_digest(given.encode(), self.token.encode())
         cookie = SimpleCookie()

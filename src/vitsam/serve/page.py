@@ -119,8 +119,8 @@ def build_page(service: SegmentService):
 
     from vitsam.seg.results import save
 
-    def detect(image, prompt, box_threshold, text_threshold, detector, segmenter, negative,
-               classes, thresholds, exemplar=None):  # fmt: skip
+    def detect(image, prompt, box_threshold, text_threshold, detector, segmenter, negative="",
+               classes="", thresholds="", exemplar=None):  # fmt: skip
         """The text request (and the dragged box as an exemplar, for 'find more like it')."""
         if image is None:
             raise gr.Error("Upload an image first.")
@@ -128,8 +128,8 @@ def build_page(service: SegmentService):
             result = service.segment(
                 image, prompt=prompt, box_threshold=box_threshold, text_threshold=text_threshold,
                 detector=detector, segmenter=segmenter, negative=negative or "",
-                classes=parse_classes(classes, "class map") if classes.strip() else None,
-                box_thresholds=page_thresholds(thresholds) or None,
+                classes=parse_classes(classes, "class map") if (classes or "").strip() else None,
+                box_thresholds=page_thresholds(thresholds or "") or None,
                 exemplars=[exemplar] if exemplar else None,
             )  # fmt: skip
         except VitsamError as e:
@@ -238,7 +238,7 @@ def build_page(service: SegmentService):
         said = gr.Textbox(elem_id="gesture", container=False)  # the script's gestures, JSON
         said_button = gr.Button(elem_id="gesture-button")
         request = [prompt, box_t, text_t, detector, segmenter, negative, classes, thresholds]
-        button.click(detect, [image, *request], [overlay, table, files])
+        button.click(detect, [image, *request], [overlay, table, files], api_name="run")
         like.click(like_box, [image, said, label, *request], [overlay, table, files])
         said_button.click(gesture, [image, said, kind, segmenter], [overlay, table, files],
                           trigger_mode="always_last")  # each run reads every gesture so far

@@ -16,8 +16,16 @@ def create_server(
     token: str = "",
     max_upload_mb: float = MAX_UPLOAD_MB,
     page: bool = True,
+    label_studio: bool = False,
+    classes: dict | None = None,
 ) -> FastAPI:
+    """The API, the Label Studio ML backend routes when `label_studio` (with the class map
+    `classes`), and the page at /."""
     app = create_app(service, token, max_upload_mb)
+    if label_studio:
+        from vitsam.serve.label_studio import create_router
+
+        app.include_router(create_router(service, classes))
     if page:
         import gradio as gr
 
@@ -36,10 +44,12 @@ def run(
     port: int = PORT,
     token: str = "",
     max_upload_mb: float = MAX_UPLOAD_MB,
+    label_studio: bool = False,
+    classes: dict | None = None,
 ) -> None:
     """Serve until interrupted; /healthz answers 503 until the models are loaded."""
     import uvicorn
 
     threading.Thread(target=service.load, name="load-models", daemon=True).start()
-    app = create_server(service, token, max_upload_mb)
+    app = create_server(service, token, max_upload_mb, label_studio=label_studio, classes=classes)
     uvicorn.run(app, host=host, port=port, log_level="info")
