@@ -84,3 +84,35 @@ def test_ray_refuses_other_formats_and_unknown_models(models, photos, tmp_path, 
     err = capsys.readouterr().err.splitlines()
     assert "--engine ray writes the per-image JSON only" in err[0]
     assert "unknown detector 'no-such-detector'" in err[1] and len(err) == 2
+
+
+def test_ray_tracks_a_folder_of_videos_one_per_task(cluster, video_models, tmp_path, capsys):
+    """Two clips on two workers: the same tracks as the local engine, the same dataset,
+    and a rerun skips both."""
+    from tests.test_video import write_clip
+
+    folder = tmp_path / "videos"
+    (folder / "sub").mkdir(parents=True)
+    write_clip(folder / "a.mp4", n=5)
+    write_clip(folder / "sub" / "b.mp4", n=4)
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        code = main(["segment", str(folder), "--box", "10,40,40,70", "--export", "mot",
+                     "--engine", engine, "--workers", "2", "--out", str(out), "--segmenter",
+                     video_models["sam2_video"], "--device", "cpu", "--quiet"])  # fmt: skip
+        assert code == 0
+        runs[engine] = out
+    said = capsys.readouterr().out
+    assert said.count("2 of 2 videos segmented") == 2
+    for name in ("a", "sub__b"):
+        local, spread = (json.loads((runs[e] / "results" / f"{name}.json").read_text())
+                         for e in ("local", "ray"))  # fmt: skip
+        assert spread["complete"] and spread["frames_processed"] == local["frames_processed"]
+        ids = [[d["track_id"] for d in f["detections"]] for f in spread["frames"]]
+        assert ids == [[d["track_id"] for d in f["detections"]] for f in local["frames"]]
+        assert (runs["ray"] / "mot" / name / "gt" / "gt.txt").read_text().count("\n") == sum(map(len, ids))
+    assert main(["segment", str(folder), "--box", "10,40,40,70", "--export", "mot", "--engine",
+                 "ray", "--out", str(runs["ray"]), "--segmenter", video_models["sam2_video"],
+                 "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    assert "nothing left to do: 2 videos done before" in capsys.readouterr().out

@@ -298,7 +298,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     with bar:
         failed = segment_folder(todo, lambda im: settings.segment(segmenter, im), outputs, show)
-    print(f"{len(todo) - failed} of {len(todo)} images segmented; outputs in {outputs.out}")
+    print(_tally(len(todo), failed, 0, "images", outputs.out))
     if labels:
         _print_exports(labels.export(images, exports, args.polygons, args.image_mode))
     return 1 if failed else 0
@@ -364,7 +364,7 @@ def _segment_ray(args: argparse.Namespace, settings, formats, exports) -> int:
     if report.skipped:
         print(f"{report.skipped} of {report.images} images already done in {args.out}")
     todo = report.images - report.skipped
-    print(f"{todo - report.failed} of {todo} images segmented; outputs in {report.results}")
+    print(_tally(todo, report.failed, report.skipped, "images", report.results))
     _print_exports(report.exports)
     return 1 if report.failed else 0
 
@@ -399,14 +399,12 @@ def _segment_videos(args: argparse.Namespace) -> int:
     made; with --export mot,ytvis a resumable video dataset (seg.video_dataset)."""
     from tqdm import tqdm
 
-    from vitsam.seg.exports import ExportSummary
     from vitsam.seg.label_studio import require_sdk
     from vitsam.seg.request import check_options, text_native
     from vitsam.seg.results import parse_formats
     from vitsam.seg.tracking import Sam3VideoTracker
-    from vitsam.seg.video import VIDEO_FORMATS, VideoSegmenter
+    from vitsam.seg.video import VIDEO_FORMATS
     from vitsam.seg.video_dataset import (
-        FRAME_KINDS,
         VideoDataset,
         named_videos,
         parse_video_exports,
@@ -416,8 +414,6 @@ def _segment_videos(args: argparse.Namespace) -> int:
     kinds = parse_video_exports(args.export)
     if "label-studio" in kinds:
         require_sdk()
-    if args.engine != "local":
-        raise VitsamError("--engine ray takes images, not videos: leave it out")
     formats = parse_formats(args.format or ("json" if kinds else ",".join(VIDEO_FORMATS)),
                             VIDEO_FORMATS, "for a video")  # fmt: skip
     if kinds and "json" not in formats:
@@ -452,7 +448,7 @@ def _segment_videos(args: argparse.Namespace) -> int:
         )
     out, failed, skipped = Path(args.out), 0, 0
     dataset = None
-    if kinds:
+    if kinds or args.engine == "ray":  # a resumable video dataset
         options = {"stride": args.stride, "max_frames": args.max_frames,
                    "redetect": args.redetect, "fps": args.fps}  # fmt: skip
         dataset = VideoDataset(out, {**settings.to_json(), **options}, settings.categories())
@@ -462,19 +458,13 @@ def _segment_videos(args: argparse.Namespace) -> int:
             log.info("%d of %d videos already done in %s: skipped", skipped, len(entries), out)
     else:
         todo = entries
+    if args.engine == "ray":
+        return _track_ray(args, settings, dataset, entries, todo, kinds, formats, skipped)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    segmenter = VideoSegmenter.from_pretrained(
-        detector=None if prompted else args.detector,
-        segmenter=args.segmenter,
-        device=args.device,
-        precision=args.precision,
-        redetect=args.redetect,
-        negative_iou=args.negative_iou,
-        **_detection_options(args),
-    ) if todo else None  # fmt: skip
-    where = dataset.results if dataset else out
+    segmenter = settings.load_video(args.device, args.precision, args.redetect) if todo else None
+    options = {"formats": formats, "stride": args.stride, "max_frames": args.max_frames, "fps": args.fps}
     for path, name in todo:
         try:
             with VideoReader(path, args.fps) as probe:
@@ -488,17 +478,14 @@ def _segment_videos(args: argparse.Namespace) -> int:
             log.info("%s: %d frames to process; --max-frames or --stride shorten it", path, total)
         bar = tqdm(total=total, desc=path.name, unit="frame", disable=args.quiet)
 
-        def done(frame, tracks, bar=bar, name=name):
-            if dataset is not None and set(kinds) & set(FRAME_KINDS):
-                dataset.save_frame(name, frame.index, frame.image)
+        def done(frame, tracks, bar=bar):
             bar.update(1)
 
         try:
-            result = segmenter.segment(
-                path, request or args.prompt or "", where, name=name, formats=formats,
-                boxes=settings.boxes or None, points=settings.points or None,
-                stride=args.stride, max_frames=args.max_frames, fps=args.fps, on_frame=done,
-            )  # fmt: skip
+            if dataset is not None:
+                result = dataset.track(settings, segmenter, path, name, kinds, done, **options)
+            else:
+                result = settings.track(segmenter, path, out, name, on_frame=done, **options)
         except VitsamError as e:
             failed += 1
             tqdm.write(f"error: {e}", file=sys.stderr)
@@ -512,8 +499,23 @@ def _segment_videos(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         else:
             print(f"{path}: {result.frames} frames, {len(result.track_ids)} tracks: {files}")
-    print(f"{len(todo) - failed} of {len(todo)} videos segmented; outputs in {out}"
-          + (f" ({skipped} done before)" if skipped else ""))  # fmt: skip
+    return _videos_done(len(todo), failed, skipped, out, dataset, entries, kinds)
+
+
+def _tally(todo: int, failed: int, skipped: int, what: str, out) -> str:
+    """The run's count line: 'N of M images segmented; outputs in OUT', or, when an
+    earlier run did them all, 'nothing left to do: K images done before; ...'."""
+    if not todo and skipped:
+        noun = what if skipped != 1 else what[:-1]
+        return f"nothing left to do: {skipped} {noun} done before; outputs in {out}"
+    return f"{todo - failed} of {todo} {what} segmented; outputs in {out}"
+
+
+def _videos_done(todo: int, failed: int, skipped: int, out: Path, dataset, entries, kinds) -> int:
+    """The run's last lines (and the datasets, rebuilt), and its exit code."""
+    from vitsam.seg.exports import ExportSummary
+
+    print(_tally(todo, failed, skipped, "videos", out) + (f" ({skipped} done before)" if skipped and todo else ""))
     if dataset is not None:
         for s in dataset.export(entries, kinds):
             if isinstance(s, ExportSummary):  # coco, yolo: on the frames
@@ -522,5 +524,19 @@ def _segment_videos(args: argparse.Namespace) -> int:
             broken = f", {s.stopped} cut short by a broken stream" if s.stopped else ""
             print(f"{s.path}: {s.videos} videos, {s.tracks} tracks, {s.rows} rows{broken}")
     return 1 if failed else 0
+
+
+def _track_ray(args, settings, dataset, entries, todo, kinds, formats, skipped) -> int:
+    """`vitsam segment videos/ --engine ray`: one video per task, on Ray workers."""
+    from vitsam.seg.ray_runner import track_with_ray
+
+    def said(name, error):
+        print(f"error: {name}: {error}" if error else f"{name}: done", file=sys.stderr if error else sys.stdout)
+
+    options = {"formats": formats, "stride": args.stride, "max_frames": args.max_frames, "fps": args.fps}
+    failed = track_with_ray(todo, dataset, settings, kinds, options, args.redetect,
+                            workers=args.workers, device=args.device, precision=args.precision,
+                            on_result=said)  # fmt: skip
+    return _videos_done(len(todo), failed, skipped, Path(args.out), dataset, entries, kinds)
 
 

@@ -138,6 +138,32 @@ class LabelSettings:
             negative_iou=self.negative_iou,
         )
 
+    def load_video(self, device: str = "auto", precision: str = "auto", redetect: int = 20):
+        """The video.VideoSegmenter these settings describe (no detector for boxes or clicks)."""
+        from vitsam.seg.video import VideoSegmenter
+
+        return VideoSegmenter.from_pretrained(
+            detector=None if self.boxes or self.points else self.detector,
+            segmenter=self.segmenter,
+            device=device,
+            precision=precision,
+            redetect=redetect,
+            box_threshold=self.box_threshold,
+            text_threshold=self.text_threshold,
+            nms_iou=self.nms_iou,
+            max_detections=self.max_detections,
+            negative_iou=self.negative_iou,
+        )
+
+    def track(self, segmenter, video: Path, out_dir: Path, name: str, **options):
+        """One video -> its frames JSON (and overlay) in `out_dir` as NAME, by the prompt,
+        the boxes or the clicks; options as VideoSegmenter.segment takes them."""
+        prompted = bool(self.boxes or self.points)
+        return segmenter.segment(
+            video, self.prompt if prompted else self.request(), out_dir, name=name,
+            boxes=self.boxes or None, points=self.points or None, **options,
+        )  # fmt: skip
+
     def segment(self, segmenter, image: Image.Image):
         """One RGB image -> its Segmentation, by the prompt or the boxes."""
         if self.points:

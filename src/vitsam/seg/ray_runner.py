@@ -243,3 +243,88 @@ def _vitsam_cause(error: BaseException | None) -> VitsamError | None:
             return error
         error = getattr(error, "cause", None) or error.__cause__
     return None
+
+
+class VideoWorker:
+    """One Ray actor for videos: the video models, loaded once; a batch of (path, name)
+    rows in, each video tracked into the VideoDataset at `root` (which every worker must
+    see: a local cluster, or a shared filesystem), one summary row out per video."""
+
+    def __init__(self, settings: dict, root: str, run: dict, categories: list[str],
+                 kinds: tuple[str, ...], options: dict, redetect: int, device: str = "auto",
+                 precision: str = "auto"):  # fmt: skip
+        from transformers.utils import logging as hf_logging
+
+        from vitsam.seg.video_dataset import VideoDataset
+
+        hf_logging.disable_progress_bar()
+        self.settings = LabelSettings(**settings)
+        self.segmenter = self.settings.load_video(device, precision, redetect)
+        self.dataset = VideoDataset(root, run, categories)  # the driver's run.json: it matches
+        self.kinds, self.options = tuple(kinds), options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = []
+        for path, name in zip(batch["path"], batch["name"]):
+            try:
+                result = self.dataset.track(self.settings, self.segmenter, Path(path), str(name),
+                                            self.kinds, **self.options)  # fmt: skip
+                errors.append(result.stopped or "")
+            except VitsamError as e:
+                errors.append(str(e))
+        return {"name": batch["name"], "error": np.array(errors, dtype=object)}
+
+
+def track_with_ray(
+    entries: list[tuple[Path, str]],
+    dataset,
+    settings: LabelSettings,
+    kinds: tuple[str, ...],
+    options: dict,
+    redetect: int = 20,
+    workers: int = 1,
+    device: str = "auto",
+    precision: str = "auto",
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float = 1.0,
+    on_result: Callable[[str, str], None] | None = None,
+) -> int:
+    """Track each video of `entries` ((path, output name), local files every worker can
+    read) into `dataset` (video_dataset.VideoDataset) with `workers` Ray actors, one video
+    per task; `options` as VideoSegmenter.segment takes them. Returns how many failed or
+    stopped early (each said through `on_result(name, error)`). The datasets are the
+    caller's to export."""
+    if workers < 1:
+        raise VitsamError(f"--workers must be at least 1, got {workers}")
+    if not entries:
+        return 0
+    import ray
+
+    failed = 0
+    with _cluster():
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        if gpus_per_worker is None:
+            gpus_per_worker = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        rows = [{"path": str(Path(p).resolve()), "name": n} for p, n in entries]
+        worker = {
+            "settings": settings.to_json(), "root": str(dataset.root.resolve()),
+            "run": json.loads((dataset.root / "run.json").read_text()),
+            "categories": dataset.categories, "kinds": tuple(kinds), "options": options,
+            "redetect": redetect, "device": device, "precision": precision,
+        }  # fmt: skip
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            VideoWorker, fn_constructor_kwargs=worker, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+        )  # fmt: skip
+        try:
+            for row in ds.iter_rows():
+                failed += bool(row["error"])
+                if on_result is not None:
+                    on_result(row["name"], row["error"])
+        except Exception as e:  # a worker that failed to start: show its own error
+            cause = _vitsam_cause(e)
+            if cause is None:
+                raise
+            raise VitsamError(str(cause)) from None
+    return failed

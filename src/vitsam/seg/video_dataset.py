@@ -103,6 +103,21 @@ class VideoDataset:
     def result_path(self, name: str) -> Path:
         return self.results / f"{name}.json"
 
+    def track(self, settings, segmenter, video: Path, name: str, kinds: tuple[str, ...],
+              on_frame=None, **options):  # fmt: skip
+        """Track one video into results/NAME.json (labelset.LabelSettings.track), keeping
+        its processed frames in images/ when `kinds` need them. Options as
+        VideoSegmenter.segment takes them (formats, stride, max_frames, fps)."""
+        keep = bool(set(kinds) & set(FRAME_KINDS))
+
+        def each(frame, tracks):
+            if keep:
+                self.save_frame(name, frame.index, frame.image)
+            if on_frame is not None:
+                on_frame(frame, tracks)
+
+        return settings.track(segmenter, video, self.results, name, on_frame=each, **options)
+
     def save_frame(self, name: str, index: int, image) -> None:
         """Frame `index` of NAME (a PIL image, upright) as OUT/images/NAME/{index:06d}.jpg."""
         dest = self.root / "images" / name / f"{index:06d}.jpg"
