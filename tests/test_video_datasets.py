@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from tests.test_video import write_clip
+from tests.test_video import RED, red_box, write_clip
 from vitsam.cli import main
 from vitsam.seg.results import decode_rle
 
@@ -160,7 +161,9 @@ def test_coco_and_yolo_on_the_frames_keep_track_ids(video_models, videos, tmp_pa
         n for n in frames if n.startswith("sub__clip/")]  # every 2nd frame: 0, 2, 4
     for f in doc["frames"]:
         name = f"sub__clip/{f['frame']:06d}.jpg"
-        assert (out / "images" / name).is_file()  # the frame, as the dataset holds it
+        saved = np.asarray(Image.open(out / "images" / name)).astype(int)  # the frame it labels:
+        x1, y1, x2, y2 = red_box(f["frame"])  # the red square where that frame has it
+        assert np.abs(saved[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2] - RED).mean() < 30
         anns = coco.loadAnns(coco.getAnnIds(imgIds=frames[name]))
         assert sorted(a["track_id"] for a in anns) == sorted(
             d["track_id"] for d in f["detections"] if d["area"])
