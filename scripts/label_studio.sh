@@ -8,4 +8,4 @@ if [ ! -x .venv-label-studio/bin/label-studio ]; then
   python3 -m venv .venv-label-studio
   .venv-label-studio/bin/pip install -q "label-studio>=1.20"
 fi
-.venv-label-studio/bin/label-studio --version | head -1
+.venv-label-studio/bin/python -c "import label_studio; print(\"label-studio\", label_studio.__version__)"
