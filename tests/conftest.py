@@ -11,7 +11,7 @@ from vitsam.vit.config import ModelConfig, TrainConfig
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # Fixtures whose tests run a model (segmentation models, a trained ViT): marked `models`.
-MODEL_FIXTURES = {"models", "video_models", "trained_run"}
+MODEL_FIXTURES = {"models", "video_models", "edge_models", "trained_run"}
 
 
 def pytest_addoption(parser):
@@ -109,6 +109,17 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     names = ("grounding_dino", "sam2", "sam", "owlv2", "clipseg")
     return {name: str(getattr(seg_models, name)(root / name)) for name in names}
+
+
+@pytest.fixture(scope="session")
+def edge_models(tmp_path_factory):
+    """The edge set (--models fast) as tiny random-weight folders: OmDet-Turbo and EdgeTAM
+    (image and video), both on their real timm backbones."""
+    pytest.importorskip("timm", reason="the edge models' backbones need timm (.[edge])")
+    from tests import seg_models
+
+    root = tmp_path_factory.mktemp("edge-models")
+    return {name: str(getattr(seg_models, name)(root / name)) for name in ("omdet_turbo", "edgetam_video")}
 
 
 @pytest.fixture(scope="session")

@@ -319,3 +319,65 @@ def sam2_video(folder: Path) -> Path:
     ).save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+def omdet_turbo(folder: Path) -> Path:
+    """OmDet-Turbo with its real backbone (timm's Swin-T: the config's only backbone that
+    matches its channel layout), a one-layer CLIP text tower over the test words, one
+    decoder layer and 30 queries, at 224 pixels."""
+    from transformers import (
+        CLIPTextConfig,
+        DetrImageProcessor,
+        OmDetTurboConfig,
+        OmDetTurboForObjectDetection,
+        OmDetTurboProcessor,
+    )
+
+    torch.manual_seed(0)
+    text = CLIPTextConfig(vocab_size=64, hidden_size=512, intermediate_size=1024, num_hidden_layers=1,
+                          num_attention_heads=8, max_position_embeddings=77, bos_token_id=1,
+                          eos_token_id=2, pad_token_id=0, projection_dim=512)  # fmt: skip
+    config = OmDetTurboConfig(text_config=text, image_size=224, decoder_num_layers=1, num_queries=30,
+                              encoder_dim_feedforward=256, decoder_dim_feedforward=256)  # fmt: skip
+    model = OmDetTurboForObjectDetection(config).eval()
+    images = DetrImageProcessor(size={"height": 224, "width": 224}, do_pad=False)
+    OmDetTurboProcessor(image_processor=images, tokenizer=_clip_tokenizer(folder)).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def edgetam_video(folder: Path) -> Path:
+    """EdgeTAM as the hub's folder is (edgetam_video): its real RepViT encoder (timm,
+    random weights), 256-pixel input, one memory-attention layer; the image half loads as
+    EdgeTamModel."""
+    import timm
+    from transformers import (
+        EdgeTamVideoConfig,
+        EdgeTamVideoModel,
+        EdgeTamVisionConfig,
+        Sam2ImageProcessor,
+        Sam2VideoProcessor,
+        TimmWrapperConfig,
+    )
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    torch.manual_seed(0)
+    side = 256
+    args = {"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]}
+    channels = [f["num_chs"] for f in timm.create_model("repvit_m1", **args).feature_info]
+    vision = EdgeTamVisionConfig(
+        backbone_config=TimmWrapperConfig(architecture="repvit_m1", model_args=args),
+        backbone_channel_list=channels[::-1],
+        backbone_feature_sizes=[[side // 4] * 2, [side // 8] * 2, [side // 16] * 2],
+    )
+    config = EdgeTamVideoConfig(vision_config=vision, image_size=side,
+                                prompt_encoder_config={"image_size": side},
+                                memory_attention_rope_feat_sizes=[side // 16] * 2,
+                                memory_attention_num_layers=1)  # fmt: skip
+    model = EdgeTamVideoModel(config).eval()
+    size = {"height": side, "width": side}
+    images = Sam2ImageProcessor(size=size, mask_size={"height": side // 4, "width": side // 4})
+    Sam2VideoProcessor(image_processor=images,
+                       video_processor=Sam2VideoVideoProcessor(size=size)).save_pretrained(folder)  # fmt: skip
+    model.save_pretrained(folder)
+    return folder

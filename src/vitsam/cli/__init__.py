@@ -46,6 +46,19 @@ def max_pixels_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def model_flags(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """--models SET, --detector and --segmenter (`many`: comma lists, for serve); main
+    fills the two from the set where they are not given."""
+    from vitsam.seg.registry import MODEL_SETS
+
+    sets = ", ".join(f"{k} ({' + '.join(v)})" for k, v in MODEL_SETS.items())
+    p.add_argument("--models", default="default", choices=list(MODEL_SETS), metavar="SET",
+                   help=f"a detector and segmenter picked together: {sets}")  # fmt: skip
+    what = "comma list; the first is the default" if many else "short name, hub id or folder"
+    p.add_argument("--detector", help=f"{what} (default: the --models set's)")
+    p.add_argument("--segmenter", help=f"{what}, or an original .pth/.pt (default: the --models set's)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """vitsam: train and use a Vision Transformer; segment images from text prompts."""
     from vitsam.cli.seg import attach_box_values
@@ -57,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    if getattr(args, "models", None):  # --detector / --segmenter win over the set's
+        from vitsam.seg.registry import MODEL_SETS
+
+        detector, segmenter = MODEL_SETS[args.models]
+        args.detector = args.detector or detector
+        args.segmenter = args.segmenter or segmenter
     try:
         with pixel_limit(getattr(args, "max_pixels", None)):
             return args.func(args)

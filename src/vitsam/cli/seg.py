@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vitsam.cli import max_pixels_flag
+from vitsam.cli import max_pixels_flag, model_flags
 from vitsam.errors import VitsamError
 
 log = logging.getLogger("vitsam")
@@ -16,7 +16,6 @@ LONG_VIDEO_S = 600  # a note is printed for videos longer than this (seconds)
 
 def add_commands(sub) -> None:
     from vitsam.devices import DEVICES, PRECISIONS
-    from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
     from vitsam.seg.request import (
         BOX_THRESHOLD,
         MAX_DETECTIONS,
@@ -36,12 +35,7 @@ def add_commands(sub) -> None:
         help="phrases separated by '.' or ',' (or new lines), e.g. 'cat, remote control'; "
         "case and invisible characters are ignored",
     )
-    p.add_argument("--detector", default=DEFAULT_DETECTOR, help="short name, hub id or folder")
-    p.add_argument(
-        "--segmenter",
-        default=DEFAULT_SEGMENTER,
-        help="short name, hub id, folder or original .pth/.pt",
-    )
+    model_flags(p)
     p.add_argument(
         "--box",
         action="append",

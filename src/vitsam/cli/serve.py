@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from vitsam.cli import max_pixels_flag
+from vitsam.cli import max_pixels_flag, model_flags
 from vitsam.errors import VitsamError
 
 log = logging.getLogger("vitsam")
@@ -13,7 +13,6 @@ log = logging.getLogger("vitsam")
 
 def add_commands(sub) -> None:
     from vitsam.devices import DEVICES, PRECISIONS
-    from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
     from vitsam.serve import HOST, MAX_UPLOAD_MB, PORT
     from vitsam.serve.auth import TOKEN_ENV
     from vitsam.serve.service import QUEUE_SIZE
@@ -21,12 +20,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("serve", help="the web page and HTTP API for segmentation")
     p.add_argument("--host", default=HOST, help="address to bind (default loopback: %(default)s)")
     p.add_argument("--port", type=int, default=PORT)
-    p.add_argument(
-        "--detector", default=DEFAULT_DETECTOR, help="comma list; the first is the default"
-    )
-    p.add_argument(
-        "--segmenter", default=DEFAULT_SEGMENTER, help="comma list; the first is the default"
-    )
+    model_flags(p, many=True)
     p.add_argument(
         "--token",
         default="",

@@ -16,7 +16,10 @@ from PIL import Image
 
 from vitsam.errors import VitsamError
 from vitsam.seg.mixed_precision import Fp32Fallback
-from vitsam.seg.registry import SEGMENTERS, resolve, with_hub_errors
+from vitsam.seg.registry import SEGMENTERS, require_timm, resolve, with_hub_errors
+
+
+SAM2_KINDS = ("sam2", "edgetam")  # SAM 2's interface: EdgeTAM is SAM 2 with another encoder
 
 
 class MaskPredictor(Fp32Fallback):
@@ -50,6 +53,7 @@ class MaskPredictor(Fp32Fallback):
         else:
             from transformers import AutoProcessor
 
+            require_timm(kind, name)
             model_cls = _model_class(kind)
             processor = with_hub_errors(name, lambda: AutoProcessor.from_pretrained(source))
             model = with_hub_errors(name, lambda: model_cls.from_pretrained(source))
@@ -99,7 +103,7 @@ class MaskPredictor(Fp32Fallback):
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         if len(boxes) == 0:
             return
-        if self.kind == "sam2":
+        if self.kind in SAM2_KINDS:
             prompt = self.processor(
                 input_boxes=[boxes.tolist()], original_sizes=[[h, w]], return_tensors="pt"
             )
@@ -152,7 +156,7 @@ class MaskPredictor(Fp32Fallback):
         }
         if box is not None:
             prompt_args["input_boxes"] = [[np.asarray(box, dtype=np.float32).tolist()]]
-        if self.kind == "sam2":
+        if self.kind in SAM2_KINDS:
             prompt = self.processor(original_sizes=[[h, w]], return_tensors="pt", **prompt_args)
         else:
             prompt = self.processor(images=self._image, return_tensors="pt", **prompt_args)
@@ -184,4 +188,5 @@ def _tensors(embeddings) -> list[torch.Tensor]:
 def _model_class(kind: str):
     import transformers
 
-    return {"sam": transformers.SamModel, "sam2": transformers.Sam2Model}[kind]
+    return {"sam": transformers.SamModel, "sam2": transformers.Sam2Model,
+            "edgetam": transformers.EdgeTamModel}[kind]  # fmt: skip

@@ -54,6 +54,11 @@ FP32_PARTS: dict[str, tuple[str, ...]] = {
     "Sam2Model": _SAM,
     "Sam2VideoModel": _SAM,
     "Sam3Model": _SAM3,
+    "EdgeTamModel": _SAM,
+    "EdgeTamVideoModel": _SAM,
+    # OmDet-Turbo: its encoder's and decoder's box and class heads, and the query positions
+    "OmDetTurboForObjectDetection": ("encoder_class_head", "encoder_bbox_head", "decoder_class_head",
+                                     "decoder_bbox_head", "query_position_head"),
     # (its tracker's mask decoder matches "mask_decoder" already: names match as suffixes)
     "Sam3VideoModel": (*_SAM3, "tracker_model.prompt_encoder", "tracker_model.shared_image_embedding"),
 }  # fmt: skip

@@ -16,6 +16,7 @@ DETECTORS = {  # short name: (kind, hub id)
     ),
     "owlv2": ("owlv2", "google/owlv2-base-patch16-ensemble"),
     "clipseg": ("clipseg", "CIDAS/clipseg-rd64-refined"),
+    "omdet-turbo": ("omdet-turbo", "omlab/omdet-turbo-swin-tiny-hf"),  # real-time, edge set
 }
 SEGMENTERS = {
     "sam2.1-tiny": ("sam2", "facebook/sam2.1-hiera-tiny"),
@@ -26,20 +27,29 @@ SEGMENTERS = {
     "sam-vit-l": ("sam", "facebook/sam-vit-large"),
     "sam-vit-h": ("sam", "facebook/sam-vit-huge"),
     "sam3": ("sam3", "facebook/sam3"),  # text-native: finds and segments, needs no detector
+    "edgetam": ("edgetam", "yonigozlan/EdgeTAM-hf"),  # SAM 2 with a RepViT encoder: edge set
 }
 DEFAULT_DETECTOR = "grounding-dino-tiny"
 DEFAULT_SEGMENTER = "sam2.1-tiny"
+# --models NAME: a detector and a segmenter picked together (--detector / --segmenter win)
+MODEL_SETS = {
+    "default": (DEFAULT_DETECTOR, DEFAULT_SEGMENTER),
+    "fast": ("omdet-turbo", "edgetam"),  # the edge set for CPUs: see the README's figures
+}
 # transformers' model_type -> our kind
 MODEL_TYPES = {
     "grounding-dino": "grounding-dino",
     "mm-grounding-dino": "grounding-dino",
     "owlv2": "owlv2",
     "clipseg": "clipseg",
+    "omdet-turbo": "omdet-turbo",
     "sam": "sam",
     "sam2": "sam2",
     "sam2_video": "sam2",  # the hub's SAM 2.1 folders: image and video weights in one
     "sam3": "sam3",
     "sam3_video": "sam3",  # facebook/sam3: detector + tracker; the image model loads from it
+    "edgetam": "edgetam",
+    "edgetam_video": "edgetam",  # the hub's EdgeTAM folder: image and video weights in one
 }
 
 
@@ -60,6 +70,19 @@ def resolve(name: str, table: dict[str, tuple[str, str]], role: str) -> tuple[st
         return _kind(_hub_model_type(name), name, table, role), name
     known = ", ".join(table)
     raise VitsamError(f"unknown {role} {name!r}: use one of {known}, a hub id or a local folder")
+
+
+TIMM_KINDS = frozenset({"omdet-turbo", "edgetam"})  # their backbones are timm models
+
+
+def require_timm(kind: str, name: str) -> None:
+    """Raise VitsamError, saying how to install it, when `kind` needs timm and it is missing."""
+    if kind not in TIMM_KINDS:
+        return
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        raise VitsamError(f"{name} needs timm for its backbone: pip install -e '.[edge]'") from None
 
 
 def _kind(model_type: str, name: str, table: dict, role: str) -> str:

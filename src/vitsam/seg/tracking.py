@@ -172,22 +172,23 @@ class DetectTrackSam2(Mixed):
         """The detector and SAM 2 image model as TextSegmenter uses them, and SAM 2's video
         model from the same segmenter (its folder must hold the memory weights: the hub's
         SAM 2.1 folders do). Options go to TextSegmenter (thresholds, nms_iou, caps)."""
-        from transformers import Sam2VideoModel, Sam2VideoProcessor
+        from transformers import EdgeTamVideoModel, Sam2VideoModel, Sam2VideoProcessor
 
         from vitsam.seg.detect import Detector
-        from vitsam.seg.masks import MaskPredictor
+        from vitsam.seg.masks import SAM2_KINDS, MaskPredictor
 
         kind, source = resolve(segmenter, SEGMENTERS, "segmenter")
-        if kind != "sam2":
+        if kind not in SAM2_KINDS:
             raise VitsamError(
-                f"{segmenter}: video tracking needs SAM 2 (e.g. sam2.1-tiny) or SAM 3; "
+                f"{segmenter}: video tracking needs SAM 2 (e.g. sam2.1-tiny), EdgeTAM or SAM 3; "
                 f"{kind} cannot track"
                 + (" (original checkpoint files serve images only)" if kind == "checkpoint" else "")
             )
+        video_class = EdgeTamVideoModel if kind == "edgetam" else Sam2VideoModel
         with _quiet_transformers():
             model, info = with_hub_errors(
                 segmenter,
-                lambda: Sam2VideoModel.from_pretrained(source, output_loading_info=True),
+                lambda: video_class.from_pretrained(source, output_loading_info=True),
             )
         if any(k.startswith("memory_") for k in info["missing_keys"]):
             raise VitsamError(
