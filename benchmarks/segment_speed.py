@@ -16,6 +16,11 @@ over N JPEG copies of the image, writing the overlay, masks and JSON of each: on
 a time, then with reading and writing overlapped with the models; images/s of each.
 `--detector DIR --segmenter DIR` use saved models instead of building the full-size ones.
 
+`--models fast` times the edge set (`vitsam segment --models fast`: OmDet-Turbo with its
+Swin-T and CLIP text tower, EdgeTAM with RepViT-M1, both at their transformers default
+sizes, random weights) against the plain fp32 script of the default models, as the
+target is stated (<= 0.2x its time per image), and prints each model set's peak memory.
+
 `--profile` times instead each stage of one image's run at default settings (one phrase),
 from hooks on the models' submodules and wrappers on the processors, pycocotools and the
 writers: preprocessing, Swin backbone, BERT text encoder, fusion encoder, decoder, the
@@ -32,7 +37,6 @@ a matmul at their shapes: the floor a run in this precision can reach on this CP
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +77,69 @@ def build_models(folder: Path) -> tuple[Path, Path]:
     Sam2Model(Sam2Config()).save_pretrained(seg)
     Sam2Processor(Sam2ImageProcessor()).save_pretrained(seg)
     return det, seg
+
+
+def build_edge_models(folder: Path) -> tuple[Path, Path]:
+    """The edge set at full size: OmDet-Turbo (timm Swin-T, CLIP ViT-B/16 text tower, as
+    omlab/omdet-turbo-swin-tiny-hf) and EdgeTAM (timm RepViT-M1, as yonigozlan/EdgeTAM-hf)."""
+    import json
+
+    import timm
+    from transformers import (
+        CLIPTokenizer,
+        DetrImageProcessor,
+        EdgeTamVideoConfig,
+        EdgeTamVideoModel,
+        EdgeTamVisionConfig,
+        OmDetTurboConfig,
+        OmDetTurboForObjectDetection,
+        OmDetTurboProcessor,
+        Sam2ImageProcessor,
+        Sam2Processor,
+        TimmWrapperConfig,
+    )
+
+    det, seg = folder / "omdet-turbo", folder / "edgetam"
+    det.mkdir(parents=True)
+    torch.manual_seed(0)
+    OmDetTurboForObjectDetection(OmDetTurboConfig()).save_pretrained(det)
+    letters = sorted({c for p in PHRASES for c in p if c != " "})  # a byte-level BPE over them
+    vocab = {"!": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}
+    for c in letters:
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    (det / "vocab.json").write_text(json.dumps(vocab))
+    (det / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(det / "vocab.json"), str(det / "merges.txt"), pad_token="!")
+    images = DetrImageProcessor(size={"height": 640, "width": 640}, do_pad=False)  # the hub's
+    OmDetTurboProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(det)
+    args = {"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]}
+    channels = [f["num_chs"] for f in timm.create_model("repvit_m1", **args).feature_info]
+    vision = EdgeTamVisionConfig(
+        backbone_config=TimmWrapperConfig(architecture="repvit_m1", model_args=args),
+        backbone_channel_list=channels[::-1],
+    )
+    EdgeTamVideoModel(EdgeTamVideoConfig(vision_config=vision)).save_pretrained(seg)
+    Sam2Processor(Sam2ImageProcessor()).save_pretrained(seg)
+    return det, seg
+
+
+def forget(ts) -> None:
+    """The segmenter's held embedding dropped: a repeat on the same image encodes it again,
+    as a new image would (SAM 3 holds none)."""
+    if hasattr(ts.segmenter, "forget"):
+        ts.segmenter.forget()
+
+
+def fresh_segment(ts, image, prompt):
+    forget(ts)
+    return ts.segment(image, prompt)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB (Linux: ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def best_of(repeats: int, fn, *args):
@@ -170,9 +237,10 @@ def folder_speed(ts, image: Image.Image, n: int, repeats: int, tmp: Path) -> Non
 
     src = tmp / "images"
     src.mkdir()
-    image.save(src / "0000.jpg", quality=90)
-    for i in range(1, n):
-        shutil.copyfile(src / "0000.jpg", src / f"{i:04d}.jpg")
+    w, h = image.size
+    for i in range(n):  # distinct pictures: the same one twice would keep its embedding
+        pixels = np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(src / f"{i:04d}.jpg", quality=90)
     entries, prompt = named_images([src]), ". ".join(PHRASES)
     ts.segment(image, prompt)  # warm-up: first-call allocations stay out of the timing
     print("| folder run | images | best s | images/s |")
@@ -260,6 +328,7 @@ def profile(ts, image: Image.Image, repeats: int, tmp: Path) -> None:
     timer.seconds.clear()
     total = detector = 0.0
     for _ in range(repeats):
+        forget(ts)
         t0 = time.perf_counter()
         result = ts.segment(image, prompt)
         detector += result.timings["detector"]
@@ -303,6 +372,40 @@ def profile(ts, image: Image.Image, repeats: int, tmp: Path) -> None:
                   f"{name} matmul ceiling")  # fmt: skip
 
 
+def fast_speed(image: Image.Image, repeats: int, precision: str) -> None:
+    """The edge set in vitsam (one and five phrases), then the default models' plain fp32
+    script (one phrase): the time ratio the target names, and each one's peak memory
+    (measured in that order, so each peak includes what came before it)."""
+    from vitsam.seg import TextSegmenter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        edet, eseg = build_edge_models(Path(tmp) / "edge")
+        ts = TextSegmenter.from_pretrained(str(edet), str(eseg), device="cpu",
+                                           precision=precision, box_threshold=0.0)  # fmt: skip
+        print(f"vitsam precision: {str(ts.detector.dtype).removeprefix('torch.')}\n")
+        print("| pipeline | phrases | detector s | image encoder s | mask decoding s | total s |")
+        print("|---|---|---|---|---|---|")
+        totals = {}
+        for k in (1, 5):
+            ts.max_detections = k
+            totals[k], r = best_of(repeats, fresh_segment, ts, image, ". ".join(PHRASES[:k]))
+            tm = r.timings
+            print(f"| vitsam, --models fast (OmDet-Turbo + EdgeTAM) | {k} | {tm['detector']:.2f} | "
+                  f"{tm['image_encoder']:.2f} | {tm['mask_decoder']:.2f} | {totals[k]:.2f} |",
+                  flush=True)  # fmt: skip
+        edge_peak = peak_rss_mb()
+        det, seg = build_models(Path(tmp) / "default")
+        models = plain_models(det, seg)
+        plain, (tm, _) = best_of(repeats, plain_script, models, image, PHRASES[:1], torch.float32)
+        print(f"| plain transformers script, fp32 (Grounding DINO-T + SAM 2.1-T) | 1 | "
+              f"{tm['detector']:.2f} | (with segmenter) | {tm['segmenter']:.2f} (encoder + decoder) "
+              f"| {plain:.2f} |")  # fmt: skip
+    print(f"\nvitsam --models fast at one phrase: {totals[1] / plain:.2f}x the default models' "
+          f"plain fp32 script's time ({plain / totals[1]:.1f}x its speed; target <= 0.2x)")  # fmt: skip
+    print(f"peak memory: {edge_peak:.0f} MB after the edge set; {peak_rss_mb():.0f} MB with the "
+          "default models' script loaded as well")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -314,6 +417,8 @@ def main() -> None:
     p.add_argument("--detector", help="a saved detector folder (default: build full size)")
     p.add_argument("--segmenter", help="a saved segmenter folder (default: build full size)")
     p.add_argument("--precision", default="auto", help="vitsam's precision (auto, fp32, bf16)")
+    p.add_argument("--models", choices=("default", "fast"), default="default",
+                   help="fast: the edge set against the default models' plain fp32 script")  # fmt: skip
     args = p.parse_args()
     if bool(args.detector) != bool(args.segmenter):
         p.error("--detector and --segmenter go together")
@@ -323,6 +428,8 @@ def main() -> None:
 
     print(f"CPU: {cpu_description()}; torch {torch.__version__}, image {w}x{h}, "
           f"best of {args.repeats}")  # fmt: skip
+    if args.models == "fast":
+        return fast_speed(image, args.repeats, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         ts, det, seg = load_models(args.detector, args.segmenter, Path(tmp), args.precision)
         dtype = ts.detector.dtype
@@ -337,7 +444,7 @@ def main() -> None:
         totals = {}
         for k in (1, 5):
             ts.max_detections = k  # one box per phrase, as in the plain script
-            total, r = best_of(args.repeats, ts.segment, image, ". ".join(PHRASES[:k]))
+            total, r = best_of(args.repeats, fresh_segment, ts, image, ". ".join(PHRASES[:k]))
             totals[k], tm = total, r.timings
             print(
                 f"| vitsam TextSegmenter | {k} | {tm['detector']:.2f} | {tm['image_encoder']:.2f} | "

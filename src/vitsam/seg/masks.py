@@ -18,7 +18,6 @@ from vitsam.errors import VitsamError
 from vitsam.seg.mixed_precision import Fp32Fallback
 from vitsam.seg.registry import SEGMENTERS, require_timm, resolve, with_hub_errors
 
-
 SAM2_KINDS = ("sam2", "edgetam")  # SAM 2's interface: EdgeTAM is SAM 2 with another encoder
 
 
@@ -75,6 +74,11 @@ class MaskPredictor(Fp32Fallback):
         self._inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         self._image = image if self.kind == "sam" else None  # SAM's processor needs it for boxes
         self._key = key
+
+    def forget(self) -> None:
+        """Drop the held embedding: the next set_image encodes, even the same picture (a
+        benchmark times the encoder this way)."""
+        self._key, self._embeddings = None, None
 
     def _embed(self):
         """Image embeddings (a tensor for SAM, a list for SAM 2), in the autocast dtype."""
