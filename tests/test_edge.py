@@ -143,3 +143,15 @@ def test_bf16_agrees_with_fp32(edge_models, device):
     inter = (masks["fp32"] & masks["bf16"]).sum((1, 2))
     union = (masks["fp32"] | masks["bf16"]).sum((1, 2))
     assert (inter / np.maximum(union, 1) >= 0.9).all()
+
+
+def test_edge_models_take_the_same_checks(edge_models, photos, tmp_path, capsys):
+    """A phrase over OmDet-Turbo's 77 CLIP tokens, and a box off the image for EdgeTAM,
+    are the same one-line errors the other models give."""
+    long = "a" + " ".join(["cat"] * 40)  # 80 tokens with the test vocabulary
+    assert fast(edge_models, photos / "0.png", "--prompt", long, "--out", tmp_path / "a") == 1  # per image
+    err = capsys.readouterr().err
+    assert "over the omdet-turbo" in err and err.count("\n") == 1
+    assert fast(edge_models, photos / "0.png", "--box", "500,500,600,600", "--out", tmp_path / "b") == 1
+    err = capsys.readouterr().err
+    assert "lies wholly outside the 160x120 image" in err and err.count("\n") == 1

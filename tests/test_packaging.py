@@ -63,10 +63,11 @@ def test_the_cli_python_http_and_page_show_the_same_defaults():
         assert service[name].default is constant and http[name] is constant
         assert getattr(settings, name) is constant
     assert cli["nms"] is request.NMS_IOU is python["nms_iou"].default
-    for parser_, what in ((segment, "segment"), (serve, "serve")):
+    for parser_, what in ((segment, "segment"), (serve, "serve")):  # --models picks both
         defaults = {a.dest: a.default for a in parser_._actions}
-        assert defaults["detector"] is registry.DEFAULT_DETECTOR, what
-        assert defaults["segmenter"] is registry.DEFAULT_SEGMENTER, what
+        assert defaults["detector"] is None and defaults["segmenter"] is None, what
+        detector, segmenter = registry.MODEL_SETS[defaults["models"]]
+        assert detector is registry.DEFAULT_DETECTOR and segmenter is registry.DEFAULT_SEGMENTER
     assert settings.detector is registry.DEFAULT_DETECTOR
 
 
