@@ -112,7 +112,7 @@ def add_commands(sub) -> None:
         metavar="N",
         help="keep at most N detections per image, best first (default %(default)s)",
     )
-    p.add_argument("--out", default="segments")
+    p.add_argument("--out", default="segments", help="output folder (default %(default)s)")
     p.add_argument(
         "--format",
         help="which outputs: overlay,masks,json (default all three; json with --export or ray)",
@@ -122,7 +122,7 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     video = p.add_argument_group("video (.mp4 .mov .webm .mkv, or a folder of frames)")
     video.add_argument("--video", action="store_true", help="each folder given is one video's frames")
     video.add_argument("--max-frames", type=int, help="process at most this many frames")
@@ -136,7 +136,9 @@ def add_commands(sub) -> None:
     )
     g = p.add_argument_group("datasets and scale (resumable: a rerun skips images already done)")
     g.add_argument(
-        "--export", metavar="coco|yolo", help="build a dataset in --out (or both: coco,yolo)"
+        "--export", metavar="FORMATS",
+        help="build a resumable dataset in --out, comma-separated: coco, yolo, label-studio "
+        "for images; mot, ytvis, coco, yolo, label-studio for videos",  # fmt: skip
     )
     g.add_argument("--polygons", action="store_true", help="COCO masks as polygons, not RLE")
     placing = g.add_mutually_exclusive_group()

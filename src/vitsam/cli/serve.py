@@ -19,7 +19,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("serve", help="the web page and HTTP API for segmentation")
     p.add_argument("--host", default=HOST, help="address to bind (default loopback: %(default)s)")
-    p.add_argument("--port", type=int, default=PORT)
+    p.add_argument("--port", type=int, default=PORT, help="port to bind (default %(default)s)")
     model_flags(p, many=True)
     p.add_argument(
         "--token",
@@ -27,10 +27,12 @@ def add_commands(sub) -> None:
         help="require the token on the API and the page: 'Authorization: Bearer TOKEN', "
         f"or the page's sign-in form (or {TOKEN_ENV})",
     )
-    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB)
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, metavar="MB",
+                   help="largest upload accepted, else 413 (default %(default)s)")  # fmt: skip
     max_pixels_flag(p)
     p.add_argument(
-        "--queue-size", type=int, default=QUEUE_SIZE, help="requests waiting or running before 503"
+        "--queue-size", type=int, default=QUEUE_SIZE, metavar="N",
+        help="requests waiting or running before 503 (default %(default)s)",  # fmt: skip
     )
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
