@@ -126,28 +126,21 @@ class LabelSettings:
         """The TextSegmenter these settings describe (no detector for box prompts)."""
         from vitsam.seg.pipeline import TextSegmenter
 
-        return TextSegmenter.from_pretrained(
-            detector=None if self.boxes or self.points else self.detector,
-            segmenter=self.segmenter,
-            device=device,
-            precision=precision,
-            box_threshold=self.box_threshold,
-            text_threshold=self.text_threshold,
-            nms_iou=self.nms_iou,
-            max_detections=self.max_detections,
-            negative_iou=self.negative_iou,
-        )
+        return TextSegmenter.from_pretrained(**self._models(device, precision))
 
     def load_video(self, device: str = "auto", precision: str = "auto", redetect: int = 20):
         """The video.VideoSegmenter these settings describe (no detector for boxes or clicks)."""
         from vitsam.seg.video import VideoSegmenter
 
-        return VideoSegmenter.from_pretrained(
+        return VideoSegmenter.from_pretrained(**self._models(device, precision), redetect=redetect)
+
+    def _models(self, device: str, precision: str) -> dict:
+        """The models and detection options, as TextSegmenter and VideoSegmenter take them."""
+        return dict(
             detector=None if self.boxes or self.points else self.detector,
             segmenter=self.segmenter,
             device=device,
             precision=precision,
-            redetect=redetect,
             box_threshold=self.box_threshold,
             text_threshold=self.text_threshold,
             nms_iou=self.nms_iou,
