@@ -378,16 +378,19 @@ def _print_exports(summaries) -> None:
 
 def holds_videos(path: Path) -> bool:
     """A folder (not of frames) with video files in it, and no images: `vitsam segment
-    videos/` labels its videos."""
-    from vitsam.images import IMAGE_SUFFIXES
+    videos/` labels its videos. Stops at the first image, so an image folder costs one
+    step of its walk, not a second listing."""
+    from vitsam.images import is_image_path
     from vitsam.seg.videoio import is_video_path
 
     if not path.is_dir():
         return False
-    files = [f for f in path.rglob("*") if f.is_file()]
-    return any(is_video_path(f) for f in files) and not any(
-        f.suffix.lower() in IMAGE_SUFFIXES for f in files
-    )
+    found = False
+    for f in path.rglob("*"):
+        if is_image_path(f) and f.is_file():
+            return False
+        found = found or (is_video_path(f) and f.is_file())
+    return found
 
 
 def _segment_videos(args: argparse.Namespace) -> int:
