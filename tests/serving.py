@@ -27,24 +27,39 @@ def server(models: dict, *extra: str):
            "--segmenter", models["sam2"], "--device", "cpu", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+            return json.loads(r.read())["status"] == "ok"
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read()}")
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                    if json.loads(r.read())["status"] == "ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become healthy in 120 s")
-            time.sleep(0.5)
+        wait_ready(proc, healthy, 120, "vitsam serve", proc.stdout.read)
         yield url
     finally:
-        proc.terminate()
+        stop(proc, 10)
+
+
+def wait_ready(proc, ready, seconds: float, what: str, output) -> None:
+    """Poll `ready()` (an OSError counts as not yet) until it is true; RuntimeError when
+    `proc` exits first (with `output()`, what it printed) or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {output()}")
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            if ready():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become healthy in {seconds:g} s")
+        time.sleep(0.5)
+
+
+def stop(proc, seconds: float) -> None:
+    """Terminate `proc`; kill it if it has not exited within `seconds`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()

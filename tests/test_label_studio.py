@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving import TOKEN, free_port, server
+from tests.serving import TOKEN, free_port, server, stop, wait_ready
 from tests.test_video import write_clip
 from vitsam.cli import main
 from vitsam.seg.results import decode_rle
@@ -53,26 +52,19 @@ def label_studio(tmp_path_factory):
                              str(port), "--username", USER, "--password", PASSWORD],
                             stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300  # the first start migrates its SQLite database
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"Label Studio exited: {(data / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("Label Studio did not answer /health in 300 s")
-            time.sleep(1)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url + "/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:  # the first start migrates its SQLite database: minutes on a slow machine
+        wait_ready(proc, healthy, 300, "Label Studio",
+                   lambda: (data / "server.log").read_text()[-2000:])  # fmt: skip
         yield url, personal_token(url), root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 20)
         log.close()
 
 

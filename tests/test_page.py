@@ -58,36 +58,49 @@ def test_sign_in_upload_prompt_segment_shows_overlay_and_table(browser, models, 
         page.close()
 
 
+def red_square(folder, seed: int):
+    """A 160x120 noise photo with a red rectangle at (40, 30)-(120, 90)."""
+    arr = np.random.default_rng(seed).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    arr[30:90, 40:120] = (220, 40, 40)
+    Image.fromarray(arr).save(folder / "photo.png")
+    return folder / "photo.png"
+
+
+def open_upload(browser, url: str, photo):
+    """The page with `photo` uploaded: (page, the overlay image, shown to be clicked)."""
+    page = browser.new_page()
+    page.goto(url + "/", timeout=60_000)
+    page.locator("#segment-button").wait_for(timeout=60_000)
+    page.locator("#input-image input[type=file]").set_input_files(str(photo))
+    overlay = page.locator("#overlay img")
+    overlay.wait_for(state="visible", timeout=60_000)
+    return page, overlay
+
+
+def encodings(url: str) -> int:
+    """How many times the server's segmenters ran their image encoder (its /healthz)."""
+    import httpx
+
+    return sum(httpx.get(url + "/healthz").json()["image_encodings"].values())
+
+
 def test_clicks_on_the_overlay_segment_without_encoding_again(browser, models, tmp_path):
     """SAM's demo, on the page: each click adds a point and SAM answers on the embedding it
     has (the server's /healthz counts the image encoder's runs)."""
-    import httpx
     from playwright.sync_api import expect
 
-    photo = tmp_path / "photo.png"
-    arr = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    arr[30:90, 40:120] = (220, 40, 40)
-    Image.fromarray(arr).save(photo)
+    photo = red_square(tmp_path, seed=1)
     with server(models) as url:
-
-        def encodings():
-            return sum(httpx.get(url + "/healthz").json()["image_encodings"].values())
-
-        page = browser.new_page()
-        page.goto(url + "/", timeout=60_000)
-        page.locator("#segment-button").wait_for(timeout=60_000)
-        page.locator("#input-image input[type=file]").set_input_files(str(photo))
-        overlay = page.locator("#overlay img")
-        overlay.wait_for(state="visible", timeout=60_000)  # the upload, shown to be clicked
-        before = encodings()
+        page, overlay = open_upload(browser, url, photo)
+        before = encodings(url)
         overlay.click(position={"x": 10, "y": 10})
         expect(page.locator("#detections")).to_contain_text("object", timeout=60_000)
         first = overlay.get_attribute("src")
-        assert encodings() == before + 1  # the first click encodes the image
+        assert encodings(url) == before + 1  # the first click encodes the image
         page.locator("#click-kind").get_by_text("background").click()
         overlay.click(position={"x": 30, "y": 20})
         expect(overlay).not_to_have_attribute("src", first, timeout=60_000)  # a new overlay
-        assert encodings() == before + 1  # ... on the same embedding
+        assert encodings(url) == before + 1  # ... on the same embedding
         page.close()
 
 
@@ -95,25 +108,12 @@ def test_drag_a_box_then_click_and_find_more_like_it(browser, models, tmp_path):
     """A drag on the overlay is a box for SAM, a click then refines it on the same embedding
     (shift-click: background); 'Find more like the box' uses it as an OWLv2 exemplar; the
     class map and per-class thresholds reach the detector."""
-    import httpx
     from playwright.sync_api import expect
 
-    photo = tmp_path / "photo.png"
-    arr = np.random.default_rng(2).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    arr[30:90, 40:120] = (220, 40, 40)
-    Image.fromarray(arr).save(photo)
+    photo = red_square(tmp_path, seed=2)
     with server(models) as url:
-
-        def encodings():
-            return sum(httpx.get(url + "/healthz").json()["image_encodings"].values())
-
-        page = browser.new_page()
-        page.goto(url + "/", timeout=60_000)
-        page.locator("#segment-button").wait_for(timeout=60_000)
-        page.locator("#input-image input[type=file]").set_input_files(str(photo))
-        overlay = page.locator("#overlay img")
-        overlay.wait_for(state="visible", timeout=60_000)
-        before = encodings()
+        page, overlay = open_upload(browser, url, photo)
+        before = encodings(url)
         area = overlay.bounding_box()
         scale = area["width"] / 160  # shown at this many screen pixels per image pixel
 
@@ -132,14 +132,14 @@ def test_drag_a_box_then_click_and_find_more_like_it(browser, models, tmp_path):
 
         expect(cell("box")).to_be_visible(timeout=60_000)
         expect(cell("40,30,120,90")).to_be_visible()  # the drag, in image pixels
-        assert encodings() == before + 1
+        assert encodings(url) == before + 1
         first = overlay.get_attribute("src")
         page.keyboard.down("Shift")
         page.mouse.click(*at(10, 10))  # background, by the shift key
         page.keyboard.up("Shift")
         expect(cell("object")).to_be_visible(timeout=60_000)
         expect(overlay).not_to_have_attribute("src", first, timeout=60_000)
-        assert encodings() == before + 1  # the box and the click: one encoding
+        assert encodings(url) == before + 1  # the box and the click: one encoding
         said = json.loads(page.locator("#gesture textarea").input_value())
         assert [g.get("point", [0, 0, None])[2] for g in said] == [None, 0]  # a box, a background click
         assert said[1]["point"][:2] == pytest.approx([10, 10], abs=1)
