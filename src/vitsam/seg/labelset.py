@@ -37,7 +37,7 @@ from vitsam.seg.request import (
     Exemplar,
     Prompt,
     check_boxes,
-    check_points,
+    check_clicks,
     no_box_prompts,
     no_negative_exemplars,
     text_native,
@@ -97,9 +97,7 @@ class LabelSettings:
                 "detection: leave them out with --box or --point"
             )
         if self.points:
-            check_points(self.points)
-            if len(self.boxes) > 1:
-                raise VitsamError("clicks take at most one box with them: give one --box")
+            check_clicks(self.points, self.boxes, hint=": give one --box")
             if text_native(self.segmenter):
                 raise no_box_prompts(self.segmenter)
         if self.boxes:

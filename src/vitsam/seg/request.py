@@ -148,6 +148,15 @@ def check_points(points, size: tuple[int, int] | None = None) -> np.ndarray:
     return out
 
 
+def check_clicks(points, boxes=None, hint: str = "") -> np.ndarray:
+    """check_points, and at most one box with the clicks (SAM makes one mask from them):
+    -> (K, 3) float64. `hint` ends the error (the CLI names its flag). Raises VitsamError."""
+    clicks = check_points(points)
+    if boxes is not None and len(boxes) > 1:
+        raise VitsamError("clicks take at most one box with them" + hint)
+    return clicks
+
+
 def text_native(segmenter: str) -> bool:
     """Whether the segmenter named (short name, hub id, folder) finds objects from text
     itself (SAM 3), so that no detector is loaded for it. Raises VitsamError for a name

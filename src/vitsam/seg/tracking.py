@@ -33,7 +33,7 @@ from vitsam.seg.request import (
     NEGATIVE_IOU,
     Prompt,
     check_boxes,
-    check_points,
+    check_clicks,
 )
 from vitsam.seg.results import Detection
 
@@ -209,9 +209,7 @@ class DetectTrackSam2(Mixed):
         map, negatives, per-class thresholds, exemplars) is detected on every key frame as
         TextSegmenter.segment does."""
         if points is not None:
-            points = check_points(points)
-            if boxes is not None and len(boxes) > 1:
-                raise VitsamError("clicks take at most one box with them")
+            points = check_clicks(points, boxes)
         elif boxes is None:
             prompt = prompt if isinstance(prompt, Prompt) else Prompt.parse(prompt)
             if self.finder.detector is None:

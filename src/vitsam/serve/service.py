@@ -18,7 +18,7 @@ from vitsam.seg.request import (
     Exemplar,
     Prompt,
     check_boxes,
-    check_points,
+    check_clicks,
 )
 from vitsam.seg.results import Segmentation
 
@@ -123,9 +123,7 @@ class SegmentService:
         if boxes is not None:  # a bad box or click fails before it takes a place in the queue
             boxes = check_boxes(boxes)
         if points is not None:
-            points = check_points(points)
-            if boxes is not None and len(boxes) > 1:
-                raise VitsamError("clicks take at most one box with them")
+            points = check_clicks(points, boxes)
         use_boxes = boxes is not None and len(boxes) > 0
         prompted = use_boxes or points is not None
         examples = [Exemplar.from_json(e) for e in exemplars or []]  # boxes on this image
