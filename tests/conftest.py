@@ -124,8 +124,10 @@ def edge_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def video_models(tmp_path_factory):
-    """Tiny SAM 3 (detector + tracker, as facebook/sam3) and SAM 2 video models (no network)."""
+    """Tiny SAM 3 (detector + tracker, as facebook/sam3), SAM 3 LiteText (image model alone,
+    as yonigozlan/sam3-litetext-s0) and SAM 2 video models (no network)."""
     from tests import seg_models
 
     root = tmp_path_factory.mktemp("video-models")
-    return {name: str(getattr(seg_models, name)(root / name)) for name in ("sam3", "sam2_video")}
+    names = ("sam3", "sam3_lite", "sam2_video")
+    return {name: str(getattr(seg_models, name)(root / name)) for name in names}

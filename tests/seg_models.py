@@ -381,3 +381,42 @@ def edgetam_video(folder: Path) -> Path:
                        video_processor=Sam2VideoVideoProcessor(size=size)).save_pretrained(folder)  # fmt: skip
     model.save_pretrained(folder)
     return folder
+
+
+def sam3_lite(folder: Path) -> Path:
+    """A tiny SAM 3 LiteText as yonigozlan/sam3-litetext-s0 is saved (sam3_lite_text: the
+    image model alone, no tracker): SAM 3's ViT and heads with a two-layer MobileCLIP-style
+    text encoder (RepMixer blocks first and last, as the S0 student). Biased as `sam3`."""
+    from transformers import (
+        Sam3ImageProcessor,
+        Sam3LiteTextConfig,
+        Sam3LiteTextModel,
+        Sam3Processor,
+    )
+
+    torch.manual_seed(0)
+    side, cells = SAM3_SIDE, SAM3_SIDE // 14
+    text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
+            "num_hidden_layers": 3, "num_attention_heads": 2, "max_position_embeddings": 32,
+            "repmixer_kernel_size": 3}  # fmt: skip
+    small = {"num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    config = Sam3LiteTextConfig(
+        vision_config=_sam3_vision(side),
+        text_config=text,
+        geometry_encoder_config=small,
+        detr_encoder_config=small,
+        detr_decoder_config={**small, "num_queries": 12},
+        mask_decoder_config={"num_attention_heads": 2},
+    )
+    model = Sam3LiteTextModel(config).eval()
+    with torch.no_grad():  # every query and the presence token score high
+        model.dot_product_scoring.text_proj.weight.zero_()
+        model.dot_product_scoring.text_proj.bias.fill_(1.0)
+        model.dot_product_scoring.query_proj.bias.fill_(0.5)
+        model.detr_decoder.presence_head.layer3.bias.fill_(5.0)
+    images = Sam3ImageProcessor(
+        size={"height": side, "width": side}, mask_size={"height": 4 * cells, "width": 4 * cells}
+    )
+    Sam3Processor(image_processor=images, tokenizer=_clip_tokenizer(folder)).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder

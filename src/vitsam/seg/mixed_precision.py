@@ -54,6 +54,7 @@ FP32_PARTS: dict[str, tuple[str, ...]] = {
     "Sam2Model": _SAM,
     "Sam2VideoModel": _SAM,
     "Sam3Model": _SAM3,
+    "Sam3LiteTextModel": _SAM3,
     "EdgeTamModel": _SAM,
     "EdgeTamVideoModel": _SAM,
     # OmDet-Turbo: its encoder's and decoder's box and class heads, and the query positions

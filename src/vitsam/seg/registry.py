@@ -27,6 +27,8 @@ SEGMENTERS = {
     "sam-vit-l": ("sam", "facebook/sam-vit-large"),
     "sam-vit-h": ("sam", "facebook/sam-vit-huge"),
     "sam3": ("sam3", "facebook/sam3"),  # text-native: finds and segments, needs no detector
+    # SAM 3 with a distilled MobileCLIP-S0 text encoder (42.5M of SAM 3's 353.7M text weights)
+    "sam3-lite": ("sam3", "yonigozlan/sam3-litetext-s0"),
     "edgetam": ("edgetam", "yonigozlan/EdgeTAM-hf"),  # SAM 2 with a RepViT encoder: edge set
 }
 DEFAULT_DETECTOR = "grounding-dino-tiny"
@@ -48,6 +50,7 @@ MODEL_TYPES = {
     "sam2_video": "sam2",  # the hub's SAM 2.1 folders: image and video weights in one
     "sam3": "sam3",
     "sam3_video": "sam3",  # facebook/sam3: detector + tracker; the image model loads from it
+    "sam3_lite_text": "sam3",  # SAM 3 LiteText: the image model alone (video borrows a tracker)
     "edgetam": "edgetam",
     "edgetam_video": "edgetam",  # the hub's EdgeTAM folder: image and video weights in one
 }

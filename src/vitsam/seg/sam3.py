@@ -6,6 +6,11 @@ with a mask head and a presence token. Through transformers' `Sam3Model`: the im
 encoded once (`get_vision_features`), the phrases once as a batch (`get_text_features`),
 then the decoder runs per phrase on the shared features. Images are PIL RGB; boxes come back
 as XYXY pixels of that image, masks (H, W) bool.
+
+SAM 3 LiteText (`sam3-lite`; Zeng et al. 2026, "SAM3-LiteText: An Anatomical Study of the
+SAM3 Text Encoder for Efficient Vision-Language Segmentation") is SAM 3 with its 353.7M
+text encoder replaced by a distilled MobileCLIP student (S0: 42.5M). It has the same
+interface (`Sam3LiteTextModel`, `Sam3Processor`), so it runs here unchanged.
 """
 
 from __future__ import annotations
@@ -42,18 +47,20 @@ class Sam3Segmenter(Mixed):
     def from_pretrained(
         name: str, device: torch.device, dtype: torch.dtype = torch.float32
     ) -> Sam3Segmenter:
-        """`sam3` (facebook/sam3), a hub id, or a folder saved by save_pretrained.
+        """`sam3` (facebook/sam3), `sam3-lite`, a hub id, or a folder saved by save_pretrained.
 
-        A `sam3_video` folder (the hub layout: detector + tracker) loads its detector half.
-        Raises VitsamError for another model type, or a model missing offline.
+        A `sam3_video` folder (the hub layout: detector + tracker) loads its detector half;
+        a `sam3_lite_text` one loads as `Sam3LiteTextModel`. Raises VitsamError for another
+        model type, or a model missing offline.
         """
-        from transformers import Sam3Model, Sam3Processor
+        from transformers import AutoConfig, Sam3Processor
 
         kind, source = resolve(name, SEGMENTERS, "segmenter")
         if kind != "sam3":
             raise VitsamError(f"{name}: not a SAM 3 model (model kind {kind!r})")
+        config = with_hub_errors(name, lambda: AutoConfig.from_pretrained(source))
         processor = with_hub_errors(name, lambda: Sam3Processor.from_pretrained(source))
-        model = with_hub_errors(name, lambda: Sam3Model.from_pretrained(source))
+        model = with_hub_errors(name, lambda: image_model_class(config).from_pretrained(source))
         return Sam3Segmenter(name, model, processor, device, dtype)
 
     @torch.inference_mode()
@@ -166,6 +173,16 @@ class Sam3Segmenter(Mixed):
     def set_image(self, image: Image.Image) -> None:
         """SAM 3 takes no box prompts here: raises VitsamError saying what does."""
         raise no_box_prompts(self.name)
+
+
+def image_model_class(config):
+    """`Sam3LiteTextModel` for a SAM 3 LiteText config (alone, or as the detector of a
+    `sam3_video` one), else `Sam3Model`."""
+    from transformers import Sam3LiteTextModel, Sam3Model
+
+    if config.model_type == "sam3_video":
+        config = config.detector_config
+    return Sam3LiteTextModel if config.model_type == "sam3_lite_text" else Sam3Model
 
 
 def _slice(text, i: int):

@@ -69,22 +69,43 @@ class Sam3VideoTracker(Mixed):
     def from_pretrained(name: str, device, dtype, score_threshold: float = 0.0,
                         max_objects: int = MAX_DETECTIONS,
                         negative_iou: float = NEGATIVE_IOU) -> Sam3VideoTracker:  # fmt: skip
-        """`sam3` (facebook/sam3), a hub id or folder whose config is `sam3_video`.
+        """`sam3` (facebook/sam3), a hub id or folder whose config is `sam3_video`, or SAM 3
+        LiteText (`sam3-lite`, model type `sam3_lite_text`).
 
-        SAM 3 keeps its own detection thresholds (0.5 to keep a detection, 0.7 to start a
-        track); `score_threshold` filters what is reported, `max_objects` caps the tracks.
+        SAM 3 LiteText ships the image model alone: it tracks with SAM 3's own tracker,
+        taken from `sam3` (facebook/sam3, the registry's entry) with SAM 3's detector
+        replaced by LiteText's, as the LiteText paper evaluates video. SAM 3 keeps its own
+        detection thresholds (0.5 to keep a detection, 0.7 to start a track);
+        `score_threshold` filters what is reported, `max_objects` caps the tracks.
+        Raises VitsamError for another image-only model, or a model missing offline.
         """
-        from transformers import AutoConfig, Sam3VideoModel, Sam3VideoProcessor
+        from transformers import AutoConfig, Sam3LiteTextModel, Sam3VideoModel, Sam3VideoProcessor
 
         _, source = resolve(name, SEGMENTERS, "segmenter")
         config = with_hub_errors(name, lambda: AutoConfig.from_pretrained(source))
-        if config.model_type != "sam3_video":
+        detector, tracker, tracker_source = None, name, source
+        if config.model_type == "sam3_lite_text":
+            detector = with_hub_errors(name, lambda: Sam3LiteTextModel.from_pretrained(source))
+            tracker, tracker_source = "sam3", resolve("sam3", SEGMENTERS, "segmenter")[1]
+        elif config.model_type != "sam3_video":
             raise VitsamError(
                 f"{name}: a SAM 3 image model ({config.model_type}); video needs the full "
                 "SAM 3 (detector + tracker, model type sam3_video), e.g. facebook/sam3"
             )
-        processor = with_hub_errors(name, lambda: Sam3VideoProcessor.from_pretrained(source))
-        model = with_hub_errors(name, lambda: Sam3VideoModel.from_pretrained(source))
+        processor = with_hub_errors(
+            tracker, lambda: Sam3VideoProcessor.from_pretrained(tracker_source)
+        )
+        model = with_hub_errors(tracker, lambda: Sam3VideoModel.from_pretrained(tracker_source))
+        if detector is not None:  # the tracker reads the detector's vision features
+            ours, theirs = detector.config.vision_config, model.config.detector_config.vision_config
+            if (ours.image_size, ours.fpn_hidden_size) != (theirs.image_size, theirs.fpn_hidden_size):
+                raise VitsamError(
+                    f"{name}: its image encoder ({ours.image_size} px, {ours.fpn_hidden_size} "
+                    f"channels) does not match the tracker's in {tracker_source} "
+                    f"({theirs.image_size} px, {theirs.fpn_hidden_size}): track with a SAM 3 of "
+                    "the same vision model"
+                )
+            model.detector_model = detector
         use_cpu_postprocessing()
         return Sam3VideoTracker(name, model, processor, device, dtype, score_threshold,
                                 max_objects, negative_iou)  # fmt: skip
