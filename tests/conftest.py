@@ -38,6 +38,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "models: runs a model (training steps, a detector, segmenter or tracker)"
     )
+    config.addinivalue_line(
+        "markers", "fp32_only: runs its models in fp32 whatever --precision says (not `models`)"
+    )
     chosen = config.getoption("--precision")
     if chosen != "auto":  # through the environment, so subprocesses (torchrun, Ray) follow
         os.environ[devices.BF16_ENV] = "1" if chosen == "bf16" else "0"
@@ -51,7 +54,8 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.models)
+            if not item.get_closest_marker("fp32_only"):  # the other precision changes nothing
+                item.add_marker(pytest.mark.models)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ LONG_VIDEO_S = 600  # a note is printed for videos longer than this (seconds)
 
 def add_commands(sub) -> None:
     from vitsam.devices import DEVICES, PRECISIONS
+    from vitsam.seg.compiled import RUNTIMES
     from vitsam.seg.request import (
         BOX_THRESHOLD,
         MAX_DETECTIONS,
@@ -122,6 +123,11 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument(
+        "--runtime", default="torch", choices=RUNTIMES,
+        help="openvino: the detector and image encoder as compiled graphs, converted once and "
+        "cached (CPU, images and folders; pip install -e '.[openvino]'; default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     video = p.add_argument_group("video (.mp4 .mov .webm .mkv, or a folder of frames)")
     video.add_argument("--video", action="store_true", help="each folder given is one video's frames")
@@ -276,7 +282,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     todo = labels.pending(images) if labels else images
     if len(todo) < len(images):
         print(f"{len(images) - len(todo)} of {len(images)} images already done in {args.out}")
-    segmenter = settings.load(args.device, args.precision) if todo else None
+    segmenter = settings.load(args.device, args.precision, args.runtime) if todo else None
     outputs = Outputs(
         labels.results if labels else Path(args.out),
         tuple(f for f in formats if not labels or f != "json"),  # the LabelSet writes it
@@ -352,6 +358,7 @@ def _segment_ray(args: argparse.Namespace, settings, formats, exports) -> int:
         workers=args.workers,
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         polygons=args.polygons,
         image_mode=args.image_mode,
         progress=not args.quiet,
@@ -427,6 +434,8 @@ def _segment_videos(args: argparse.Namespace) -> int:
         Sam3VideoTracker.check(request)
     if (args.max_frames is not None and args.max_frames < 1) or args.stride < 1:
         raise VitsamError("--max-frames and --stride must be 1 or more")
+    if args.runtime != "torch":
+        raise VitsamError(f"--runtime {args.runtime} is for images and folders: leave it out for videos")
 
     def is_video(p: Path) -> bool:
         return is_video_path(p) or (p.is_dir() and args.video)

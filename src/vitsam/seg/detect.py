@@ -34,6 +34,7 @@ class Detector(Fp32Fallback):
     autocast dtype it runs in (see mixed_precision.Mixed)."""
 
     kind = ""
+    compiled = None  # a compiled graph called in place of the model (compiled.py), or None
 
     def __init__(self, name: str, model, processor, device: torch.device, dtype: torch.dtype):
         self.name, self.processor = name, processor
@@ -177,7 +178,7 @@ class GroundingDino(Detector):
 
         def run():
             images = self.processor.image_processor(images=image, return_tensors="pt")
-            return self.model(**self._on_device({**images, **text}))
+            return (self.compiled or self.model)(**self._on_device({**images, **text}))
 
         out = self.run_finite(run, lambda o: (o.logits[..., :n], o.pred_boxes))
         probs = out.logits[0, :, :n].float().sigmoid()  # (queries, tokens)

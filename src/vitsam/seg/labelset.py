@@ -120,11 +120,12 @@ class LabelSettings:
                     check_boxes([e["box"]], open_image(e["image"]).size)
         resolve(self.segmenter, SEGMENTERS, "segmenter")
 
-    def load(self, device: str = "auto", precision: str = "auto"):
-        """The TextSegmenter these settings describe (no detector for box prompts)."""
+    def load(self, device: str = "auto", precision: str = "auto", runtime: str = "torch"):
+        """The TextSegmenter these settings describe (no detector for box prompts), in
+        `runtime` (torch, or openvino: see compiled.py)."""
         from vitsam.seg.pipeline import TextSegmenter
 
-        return TextSegmenter.from_pretrained(**self._models(device, precision))
+        return TextSegmenter.from_pretrained(**self._models(device, precision), runtime=runtime)
 
     def load_video(self, device: str = "auto", precision: str = "auto", redetect: int = 20):
         """The video.VideoSegmenter these settings describe (no detector for boxes or clicks)."""

@@ -13,6 +13,7 @@ from PIL import Image
 from vitsam.devices import choose_precision, resolve_device
 from vitsam.errors import VitsamError
 from vitsam.images import ImageLike, as_image
+from vitsam.seg import compiled
 from vitsam.seg.detect import Detector, nms
 from vitsam.seg.masks import MaskPredictor
 from vitsam.seg.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
@@ -67,6 +68,7 @@ class TextSegmenter:
         self.nms_iou, self.max_detections = nms_iou, max_detections
         self.negative_iou = negative_iou
         self._references: dict[str, Image.Image] = {}  # exemplars' reference images, by path
+        self.graphs = None  # --runtime openvino: its compiled.GraphCache
 
     @property
     def detector_name(self) -> str:
@@ -82,21 +84,37 @@ class TextSegmenter:
         segmenter: str = DEFAULT_SEGMENTER,
         device: str = "auto",
         precision: str = "auto",
+        runtime: str = "torch",
         **options,
     ) -> TextSegmenter:
         """Load both models (detector=None for box prompts only); options as in __init__,
         checked before any model loads.
 
         A text-native segmenter (`sam3`) is its own detector: `detector` is then not loaded.
+        `runtime` "openvino" runs the detector and the image encoder as compiled graphs,
+        converted at first use and cached on disk (see compiled.py; CPU only); `graphs`
+        is then the cache, whose counters say what was converted and what loaded.
+        Raises VitsamError, before any model loads, for an unknown runtime, OpenVINO not
+        installed (with the install line) or a device other than the CPU.
         """
         check_options(**options)
+        if runtime not in compiled.RUNTIMES:
+            raise VitsamError(f"unknown runtime {runtime!r}: use {' or '.join(compiled.RUNTIMES)}")
         dev = resolve_device(device)
+        if runtime == "openvino":
+            compiled.require_openvino()
+            if dev.type != "cpu":
+                raise VitsamError("--runtime openvino runs on the CPU: add --device cpu")
         dtype = seg_precision(precision, dev)
         seg = load_segmenter(segmenter, dev, dtype)
         if seg.text_native:  # its own detector
-            return cls(seg, seg, **options)
-        det = Detector.from_pretrained(detector, dev, dtype) if detector else None
-        return cls(det, seg, **options)
+            ts = cls(seg, seg, **options)
+        else:
+            det = Detector.from_pretrained(detector, dev, dtype) if detector else None
+            ts = cls(det, seg, **options)
+        if runtime == "openvino":
+            ts.graphs = compiled.use_openvino(ts)
+        return ts
 
     def segment(
         self,

@@ -59,12 +59,13 @@ class SegmentWorker:
         precision: str = "auto",
         keep_bytes: bool = False,
         max_pixels: int | None = None,  # the driver's limit: a remote node has its own env
+        runtime: str = "torch",
     ):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         self.settings = LabelSettings(**settings)
-        self.segmenter = self.settings.load(device, precision)
+        self.segmenter = self.settings.load(device, precision, runtime)
         self.keep_bytes, self.max_pixels = keep_bytes, max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -138,10 +139,12 @@ def label_with_ray(
     image_mode: str = "auto",
     progress: bool = False,
     on_result: OnResult | None = None,
+    runtime: str = "torch",
 ) -> LabelReport:
     """Label every image of `inputs` into the LabelSet `out` with `workers` Ray actors.
 
-    `gpus_per_worker` defaults to 1 where the cluster has GPUs, else 0. `batch_size` is
+    `runtime` as for TextSegmenter ("openvino": each worker converts or loads the cached
+    graphs of its node). `gpus_per_worker` defaults to 1 where the cluster has GPUs, else 0. `batch_size` is
     images per call of a worker (they are segmented one by one; larger batches only
     amortise Ray's per-batch overhead). Images already done in `out` are skipped; the
     datasets in `exports` ('coco', 'yolo') are rebuilt at the end. Raises VitsamError for
@@ -162,6 +165,7 @@ def label_with_ray(
             "settings": settings.to_json(),
             "device": device,
             "precision": precision,
+            "runtime": runtime,
             "keep_bytes": bool(exports) and fs is not None,  # remote images are copied in
             "max_pixels": max_pixels(),
         }
