@@ -1,15 +1,17 @@
-"""SAM 3 against a detector + SAM 2.1, per image and per video frame, and memory on a long clip.
+"""SAM 3 and the edge set against a detector + SAM 2.1, per image and per video frame, and
+memory on a long clip.
 
 Random weights time the same as trained ones, so every model is built from its default
 transformers config (SAM 3: facebook/sam3's, 840 M parameters with the tracker; Grounding
 DINO tiny: Swin-T + BERT-base; SAM 2.1 tiny with its video memory), saved to a temporary
-folder and loaded through vitsam's own loading path. Measured:
+folder and loaded through vitsam's own loading path; the edge set (`--models fast`:
+OmDet-Turbo + EdgeTAM, as segment_speed.py builds them) beside them. Measured:
 
   - per image: TextSegmenter with segmenter sam3 (no detector) against Grounding DINO +
-    SAM 2.1 tiny, the same image and phrases, best of --repeats;
+    SAM 2.1 tiny and against the edge set, the same image and phrases, best of --repeats;
   - per video frame: VideoSegmenter over the same synthetic clip (squares moving over
-    noise), SAM 3's video model against Grounding DINO + SAM 2.1 video (key frames every
-    --redetect frames), seconds a frame after the first;
+    noise), SAM 3's video model against Grounding DINO + SAM 2.1 video and OmDet-Turbo +
+    EdgeTAM video (key frames every --redetect frames), seconds a frame after the first;
   - memory on a long clip: the process's resident memory (VmRSS) before the clip and its
     peak over the clip, for both trackers, and for the detector + SAM 2 tracker once more
     with the session trimming switched off (transformers' own behaviour) to show the growth.
@@ -17,6 +19,7 @@ folder and loaded through vitsam's own loading path. Measured:
     python benchmarks/sam3_speed.py                   # full size: an hour or more on a CPU
     python benchmarks/sam3_speed.py --tiny            # the test models: checks the script runs
     python benchmarks/sam3_speed.py --part long --long-frames 30   # the memory table alone
+    python benchmarks/sam3_speed.py --part speed --sets default,fast   # edge set against default
 """
 
 from __future__ import annotations
@@ -54,10 +57,11 @@ def build_full(folder: Path) -> dict[str, str]:
     )
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from segment_speed import build_models  # Grounding DINO tiny with a BERT-shaped vocabulary
+    from segment_speed import build_edge_models, build_models  # real-shaped vocabularies
 
     torch.manual_seed(0)
     detector, _ = build_models(folder)
+    omdet, edgetam = build_edge_models(folder / "edge")  # --models fast at full size
     sam2 = folder / "sam2.1-tiny-video"
     Sam2VideoModel(Sam2VideoConfig()).save_pretrained(sam2)
     Sam2VideoProcessor(Sam2ImageProcessor(), Sam2VideoVideoProcessor()).save_pretrained(sam2)
@@ -67,7 +71,8 @@ def build_full(folder: Path) -> dict[str, str]:
         Sam3ImageProcessor(), Sam2VideoVideoProcessor(size={"height": 1008, "width": 1008}),
         _clip_tokenizer(folder, CLIPTokenizer),
     ).save_pretrained(sam3)  # fmt: skip
-    return {"detector": str(detector), "sam2": str(sam2), "sam3": str(sam3)}
+    return {"detector": str(detector), "sam2": str(sam2), "sam3": str(sam3),
+            "omdet": str(omdet), "edgetam": str(edgetam)}  # fmt: skip
 
 
 def build_tiny(folder: Path) -> dict[str, str]:
@@ -78,6 +83,8 @@ def build_tiny(folder: Path) -> dict[str, str]:
         "detector": str(seg_models.grounding_dino(folder / "gd")),
         "sam2": str(seg_models.sam2_video(folder / "sam2")),
         "sam3": str(seg_models.sam3(folder / "sam3")),
+        "omdet": str(seg_models.omdet_turbo(folder / "omdet")),
+        "edgetam": str(seg_models.edgetam_video(folder / "edgetam")),
     }
 
 
@@ -123,12 +130,14 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def per_image(models: dict, image: Image.Image, repeats: int) -> list[str]:
+def per_image(models: dict, image: Image.Image, repeats: int, sets: list[str]) -> list[str]:
     from vitsam.seg import TextSegmenter
 
     rows = []
-    for label, det, seg in (("sam3", None, models["sam3"]),
-                            ("Grounding DINO + SAM 2.1", models["detector"], models["sam2"])):  # fmt: skip
+    for label, det, seg in _chosen(sets, ("sam3", None, models["sam3"]),
+                                   ("Grounding DINO + SAM 2.1", models["detector"], models["sam2"]),
+                                   ("OmDet-Turbo + EdgeTAM (--models fast)", models["omdet"],
+                                    models["edgetam"])):  # fmt: skip
         ts = TextSegmenter.from_pretrained(det, seg, device="cpu", max_detections=5,
                                            box_threshold=0.0, text_threshold=0.0)  # fmt: skip
         best = min(_timed(lambda ts=ts: ts.segment(image, PHRASES)) for _ in range(repeats))
@@ -137,13 +146,15 @@ def per_image(models: dict, image: Image.Image, repeats: int) -> list[str]:
     return rows
 
 
-def per_frame(models: dict, clip: Path, frames: int, redetect: int) -> list[str]:
+def per_frame(models: dict, clip: Path, frames: int, redetect: int, sets: list[str]) -> list[str]:
     from vitsam.seg.video import VideoSegmenter
 
     rows = []
-    for label, det, seg in (("sam3 video", None, models["sam3"]),
-                            (f"Grounding DINO + SAM 2.1 video (redetect {redetect})",
-                             models["detector"], models["sam2"])):  # fmt: skip
+    for label, det, seg in _chosen(sets, ("sam3 video", None, models["sam3"]),
+                                   (f"Grounding DINO + SAM 2.1 video (redetect {redetect})",
+                                    models["detector"], models["sam2"]),
+                                   (f"OmDet-Turbo + EdgeTAM video (--models fast, redetect "
+                                    f"{redetect})", models["omdet"], models["edgetam"])):  # fmt: skip
         video = VideoSegmenter.from_pretrained(det, seg, device="cpu", redetect=redetect,
                                                max_detections=5)  # fmt: skip
         stamps = [time.perf_counter()]
@@ -180,6 +191,12 @@ def long_clip(models: dict, clip: Path, frames: int, redetect: int) -> list[str]
     return rows
 
 
+def _chosen(sets: list[str], sam3, default, fast) -> list:
+    """The rows of the model sets named in --sets, in the table's order."""
+    return [row for name, row in (("sam3", sam3), ("default", default), ("fast", fast))
+            if name in sets]  # fmt: skip
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -196,6 +213,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8, help="per frame: frames timed")
     p.add_argument("--long-frames", type=int, default=60, help="memory: the long clip's length")
     p.add_argument("--redetect", type=int, default=20)
+    p.add_argument("--sets", default="sam3,default,fast",
+                   help="the model sets timed per image and per frame (comma-separated)")
     p.add_argument("--part", choices=("speed", "long", "both"), default="both",
                    help="speed: per image and per frame; long: the long clip's memory")  # fmt: skip
     args = p.parse_args()
@@ -209,11 +228,12 @@ def main() -> None:
         clip = write_clip(folder / "clip.mp4", max(args.frames, args.long_frames), w, h)
         if args.part in ("speed", "both"):
             print("| per image | size | best s |\n|---|---|---|")
-            print("\n".join(per_image(models, image, args.repeats)), flush=True)
+            sets = args.sets.split(",")
+            print("\n".join(per_image(models, image, args.repeats, sets)), flush=True)
             print(
                 "\n| per video frame | first frame s | then s/frame | frames |\n|---|---|---|---|"
             )
-            print("\n".join(per_frame(models, clip, args.frames, args.redetect)), flush=True)
+            print("\n".join(per_frame(models, clip, args.frames, args.redetect, sets)), flush=True)
         if args.part == "speed":
             return
         print(

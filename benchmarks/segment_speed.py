@@ -95,9 +95,10 @@ def build_edge_models(folder: Path) -> tuple[Path, Path]:
         OmDetTurboForObjectDetection,
         OmDetTurboProcessor,
         Sam2ImageProcessor,
-        Sam2Processor,
+        Sam2VideoProcessor,
         TimmWrapperConfig,
     )
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
 
     det, seg = folder / "omdet-turbo", folder / "edgetam"
     det.mkdir(parents=True)
@@ -119,7 +120,7 @@ def build_edge_models(folder: Path) -> tuple[Path, Path]:
         backbone_channel_list=channels[::-1],
     )
     EdgeTamVideoModel(EdgeTamVideoConfig(vision_config=vision)).save_pretrained(seg)
-    Sam2Processor(Sam2ImageProcessor()).save_pretrained(seg)
+    Sam2VideoProcessor(Sam2ImageProcessor(), Sam2VideoVideoProcessor()).save_pretrained(seg)
     return det, seg
 
 
