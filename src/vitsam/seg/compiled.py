@@ -9,7 +9,7 @@ What is converted, from the loaded torch modules with `openvino.convert_model`:
   and_transfer_map`: torch.isin, cummax and cummin, which OpenVINO cannot convert) are
   computed in torch and fed to the graph as inputs, and `torch.special.logit` converts
   through a conversion rule of its definition, log(x / (1 - x)) of x clamped to
-  [eps, 1 - eps] (`LOGIT`).
+  [eps, 1 - eps] (`logit_rules`).
 - OmDet-Turbo: its vision backbone (Swin-T), swapped into the model as a module; its
   text tower keeps its own cache of phrase embeddings.
 - SAM, SAM 2, EdgeTAM: the image encoder (`get_image_embeddings`), at the processor's
@@ -164,6 +164,25 @@ class GraphCache:
         return core.compile_model(graph, "CPU", F32)
 
 
+class Graphs(dict):
+    """One part of one model as compiled graphs, by input shape: each converted or loaded
+    from the cache at its shape's first use (the weights fingerprinted once); None for a
+    shape whose conversion failed, which the caller then runs eagerly."""
+
+    def __init__(self, name: str, part: str, model: nn.Module, cache: GraphCache) -> None:
+        super().__init__()
+        self.name, self.part, self.model, self.cache = name, part, model, cache
+        self.ident: str | None = None
+
+    def graph(self, shape: tuple, convert: Callable[[], object]):
+        """The compiled graph for `shape` (None: run eagerly); `convert()` makes it."""
+        if shape not in self:
+            self.ident = self.ident or fingerprint(self.model)
+            key = {"model": self.ident, "part": self.part, "shape": shape}
+            self[shape] = self.cache.compiled(f"{self.name} {self.part}", key, convert)
+        return self[shape]
+
+
 def _convert(module: nn.Module, args: tuple[torch.Tensor, ...], extensions=()):
     """`module` traced at the shapes and dtypes of `args`, as an openvino.Model."""
     import openvino as ov
@@ -211,21 +230,16 @@ class _Embeddings(nn.Module):
 
 def compile_image_encoder(predictor, cache: GraphCache) -> None:
     """Make a masks.MaskPredictor embed images with a compiled graph (one per input shape)."""
-    model, graphs, ident = predictor.model, {}, None
+    graphs = Graphs(predictor.name, "image encoder", predictor.model, cache)
     as_list = predictor.kind != "sam"  # SAM gives one tensor, SAM 2 / EdgeTAM a list
 
     def embed():
-        nonlocal ident
         pixels = predictor._pixels.float()
-        shape = tuple(pixels.shape)
-        if shape not in graphs:
-            ident = ident or fingerprint(model)
-            key = {"model": ident, "part": "image encoder", "shape": shape}
-            graphs[shape] = cache.compiled(f"{predictor.name} image encoder", key,
-                                           lambda: _convert(_Embeddings(model), (pixels,)))  # fmt: skip
-        if graphs[shape] is None:  # not convertible: eager
+        graph = graphs.graph(tuple(pixels.shape),
+                             lambda: _convert(_Embeddings(predictor.model), (pixels,)))  # fmt: skip
+        if graph is None:  # not convertible: eager
             return eager()
-        out = _run(graphs[shape], (pixels,))
+        out = _run(graph, (pixels,))
         return out if as_list else out[0]
 
     eager, predictor._embed = predictor._embed, embed
@@ -284,15 +298,16 @@ class CompiledGroundingDino:
     reads (`logits`, `pred_boxes`), from a graph per padded shape and prompt length."""
 
     def __init__(self, detector, cache: GraphCache) -> None:
-        self.name, self.model, self.cache = detector.name, detector.model, cache
-        self.graphs: dict[tuple, object] = {}
-        self.ident: str | None = None
+        self.model = detector.model
+        self.graphs = Graphs(detector.name, "detector", detector.model, cache)
         size = detector.processor.image_processor.size
         self.sides = bucket_sides(size["shortest_edge"], size["longest_edge"])
 
-    def __call__(self, pixel_values, pixel_mask, input_ids, token_type_ids, attention_mask):
+    def __call__(self, **inputs):
         import transformers.models.grounding_dino.modeling_grounding_dino as gd
 
+        pixel_values, pixel_mask = inputs["pixel_values"], inputs["pixel_mask"]
+        input_ids = inputs["input_ids"]
         h, w = pixel_values.shape[-2:]
         hb, wb = bucket(h, self.sides), bucket(w, self.sides)
         pixels = torch.zeros((*pixel_values.shape[:-2], hb, wb), dtype=torch.float32)
@@ -302,16 +317,11 @@ class CompiledGroundingDino:
         masks = gd.generate_masks_with_special_tokens_and_transfer_map(  # in torch: see above
             input_ids, self.model.model.special_tokens
         )
-        args = (pixels, mask, input_ids, token_type_ids, attention_mask, *masks)
-        shape = (hb, wb, input_ids.shape[1])
-        if shape not in self.graphs:
-            self.ident = self.ident or fingerprint(self.model)
-            key = {"model": self.ident, "part": "detector", "shape": shape}
-            self.graphs[shape] = self.cache.compiled(self.name, key, lambda: self._convert(args))
-        if self.graphs[shape] is None:  # not convertible: eager
-            return self.model(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids,
-                              token_type_ids=token_type_ids, attention_mask=attention_mask)  # fmt: skip
-        logits, boxes = _run(self.graphs[shape], args)
+        args = (pixels, mask, input_ids, inputs["token_type_ids"], inputs["attention_mask"], *masks)
+        graph = self.graphs.graph((hb, wb, input_ids.shape[1]), lambda: self._convert(args))
+        if graph is None:  # not convertible: eager
+            return self.model(**inputs)
+        logits, boxes = _run(graph, args)
         return _Outputs(logits=logits, pred_boxes=boxes)
 
     def _convert(self, args):
@@ -330,22 +340,17 @@ class CompiledBackbone(nn.Module):
     """A vision backbone's forward (pixels -> feature maps) run as a compiled graph per
     input shape; swapped into the model in place of the backbone."""
 
-    def __init__(self, name: str, backbone: nn.Module, ident: str, cache: GraphCache) -> None:
+    def __init__(self, backbone: nn.Module, graphs: Graphs) -> None:
         super().__init__()
-        self.name, self.backbone, self.ident, self.cache = name, backbone, ident, cache
-        self.graphs: dict[tuple, object] = {}
+        self.backbone, self.graphs = backbone, graphs
 
     def forward(self, pixel_values):
         pixels = pixel_values.float()
-        shape = tuple(pixels.shape)
-        if shape not in self.graphs:
-            key = {"model": self.ident, "part": "vision backbone", "shape": shape}
-            graph = _Tuple(self.backbone)
-            self.graphs[shape] = self.cache.compiled(f"{self.name} vision backbone", key,
-                                                     lambda: _convert(graph, (pixels,)))  # fmt: skip
-        if self.graphs[shape] is None:  # not convertible: eager
+        graph = self.graphs.graph(tuple(pixels.shape),
+                                  lambda: _convert(_Tuple(self.backbone), (pixels,)))  # fmt: skip
+        if graph is None:  # not convertible: eager
             return self.backbone(pixel_values)
-        return _run(self.graphs[shape], (pixels,))
+        return _run(graph, (pixels,))
 
 
 class _Tuple(nn.Module):
@@ -363,9 +368,9 @@ def compile_detector(detector, cache: GraphCache) -> None:
     if detector.kind == "grounding-dino":
         detector.compiled = CompiledGroundingDino(detector, cache)
     elif detector.kind == "omdet-turbo":
-        model = detector.model
-        model.vision_backbone = CompiledBackbone(detector.name, model.vision_backbone,
-                                                 fingerprint(model), cache)  # fmt: skip
+        model = detector.model  # fingerprinted at first use, its backbone's weights included
+        graphs = Graphs(detector.name, "vision backbone", model, cache)
+        model.vision_backbone = CompiledBackbone(model.vision_backbone, graphs)
     else:
         log.warning("%s: no OpenVINO conversion for %s detectors here: it runs eagerly",
                     detector.name, detector.kind)  # fmt: skip
