@@ -214,7 +214,6 @@ def sam3(folder: Path) -> Path:
     its detector half. Biased so that every query scores high (random weights score ~0)."""
     from transformers import (
         Sam3Config,
-        Sam3ImageProcessor,
         Sam3TrackerVideoConfig,
         Sam3VideoConfig,
         Sam3VideoModel,
@@ -229,15 +228,7 @@ def sam3(folder: Path) -> Path:
     text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
             "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
             "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # fmt: skip
-    small = {"num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-    detector = Sam3Config(
-        vision_config=_sam3_vision(side),
-        text_config=text,
-        geometry_encoder_config=small,
-        detr_encoder_config=small,
-        detr_decoder_config={**small, "num_queries": 12},
-        mask_decoder_config={"num_attention_heads": 2},
-    )
+    detector = Sam3Config(vision_config=_sam3_vision(side), text_config=text, **_sam3_heads())
     tracker = Sam3TrackerVideoConfig(
         vision_config=_sam3_vision(side),
         memory_attention_num_layers=1,
@@ -251,22 +242,42 @@ def sam3(folder: Path) -> Path:
     )
     config.image_size = side  # propagates to the detector, tracker and feature sizes
     model = Sam3VideoModel(config).eval()
-    with torch.no_grad():  # every query and the presence token score high
-        scoring = model.detector_model.dot_product_scoring
-        scoring.text_proj.weight.zero_()
-        scoring.text_proj.bias.fill_(1.0)
-        scoring.query_proj.bias.fill_(0.5)
-        model.detector_model.detr_decoder.presence_head.layer3.bias.fill_(5.0)
-    images = Sam3ImageProcessor(
-        size={"height": side, "width": side}, mask_size={"height": 4 * cells, "width": 4 * cells}
-    )
+    _score_high(model.detector_model)
     Sam3VideoProcessor(
-        image_processor=images,
+        image_processor=_sam3_images(),
         video_processor=Sam2VideoVideoProcessor(size={"height": side, "width": side}),
         tokenizer=_clip_tokenizer(folder),
     ).save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+def _sam3_heads() -> dict:
+    """The tiny SAM 3's geometry encoder, DETR encoder and decoder (12 queries) and mask
+    decoder configs, as Sam3Config / Sam3LiteTextConfig keyword arguments."""
+    small = {"num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    return {"geometry_encoder_config": small, "detr_encoder_config": small,
+            "detr_decoder_config": {**small, "num_queries": 12},
+            "mask_decoder_config": {"num_attention_heads": 2}}  # fmt: skip
+
+
+def _score_high(detector) -> None:
+    """Every query and the presence token of a SAM 3 detector score high (random weights
+    score ~0)."""
+    with torch.no_grad():
+        detector.dot_product_scoring.text_proj.weight.zero_()
+        detector.dot_product_scoring.text_proj.bias.fill_(1.0)
+        detector.dot_product_scoring.query_proj.bias.fill_(0.5)
+        detector.detr_decoder.presence_head.layer3.bias.fill_(5.0)
+
+
+def _sam3_images():
+    """The tiny SAM 3's image processor: SAM3_SIDE pixels in, masks at 4x the patch grid."""
+    from transformers import Sam3ImageProcessor
+
+    cells = SAM3_SIDE // 14
+    return Sam3ImageProcessor(size={"height": SAM3_SIDE, "width": SAM3_SIDE},
+                              mask_size={"height": 4 * cells, "width": 4 * cells})  # fmt: skip
 
 
 def _sam3_vision(side: int):
@@ -385,38 +396,18 @@ def edgetam_video(folder: Path) -> Path:
 
 def sam3_lite(folder: Path) -> Path:
     """A tiny SAM 3 LiteText as yonigozlan/sam3-litetext-s0 is saved (sam3_lite_text: the
-    image model alone, no tracker): SAM 3's ViT and heads with a two-layer MobileCLIP-style
+    image model alone, no tracker): SAM 3's ViT and heads with a three-layer MobileCLIP-style
     text encoder (RepMixer blocks first and last, as the S0 student). Biased as `sam3`."""
-    from transformers import (
-        Sam3ImageProcessor,
-        Sam3LiteTextConfig,
-        Sam3LiteTextModel,
-        Sam3Processor,
-    )
+    from transformers import Sam3LiteTextConfig, Sam3LiteTextModel, Sam3Processor
 
     torch.manual_seed(0)
-    side, cells = SAM3_SIDE, SAM3_SIDE // 14
     text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
             "num_hidden_layers": 3, "num_attention_heads": 2, "max_position_embeddings": 32,
             "repmixer_kernel_size": 3}  # fmt: skip
-    small = {"num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-    config = Sam3LiteTextConfig(
-        vision_config=_sam3_vision(side),
-        text_config=text,
-        geometry_encoder_config=small,
-        detr_encoder_config=small,
-        detr_decoder_config={**small, "num_queries": 12},
-        mask_decoder_config={"num_attention_heads": 2},
-    )
+    config = Sam3LiteTextConfig(vision_config=_sam3_vision(SAM3_SIDE), text_config=text,
+                                **_sam3_heads())  # fmt: skip
     model = Sam3LiteTextModel(config).eval()
-    with torch.no_grad():  # every query and the presence token score high
-        model.dot_product_scoring.text_proj.weight.zero_()
-        model.dot_product_scoring.text_proj.bias.fill_(1.0)
-        model.dot_product_scoring.query_proj.bias.fill_(0.5)
-        model.detr_decoder.presence_head.layer3.bias.fill_(5.0)
-    images = Sam3ImageProcessor(
-        size={"height": side, "width": side}, mask_size={"height": 4 * cells, "width": 4 * cells}
-    )
-    Sam3Processor(image_processor=images, tokenizer=_clip_tokenizer(folder)).save_pretrained(folder)
+    _score_high(model)
+    Sam3Processor(image_processor=_sam3_images(), tokenizer=_clip_tokenizer(folder)).save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
