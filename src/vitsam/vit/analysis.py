@@ -34,17 +34,43 @@ log = logging.getLogger("vitsam")
 def flops_per_image(cfg: ModelConfig) -> int:
     """Forward FLOPs for one image (a multiply-add counts 2), by torch's FlopCounterMode.
 
-    Counts the matrix products (patch projection, attention, MLPs, head); elementwise
-    ops, softmax and layer norms are left out, as is usual.
+    Counts the matrix products and convolutions (tokenizer, attention, MLPs, head);
+    elementwise ops, softmax and layer norms are left out, as is usual.
+    """
+    return flops_split(cfg)["total"]
+
+
+def flops_split(cfg: ModelConfig) -> dict[str, int]:
+    """Forward FLOPs for one image, as in `flops_per_image`, by part of the model:
+    {"total", "tokenizer" (patch embedding or conv stages), "blocks" (the transformer
+    blocks), "head"}. The blocks' share is what makes a conv-tokenized model a
+    transformer (the speedrun's rule: at least half).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = ViT(cfg).eval()
+    with torch.random.fork_rng(devices=[]):  # the model's init leaves a run's RNG alone
+        model = ViT(cfg).eval()
     model.set_attention("plain")
     x = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    return int(counter.get_total_flops())
+    parts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    return {
+        "total": int(counter.get_total_flops()),
+        "tokenizer": int(parts.get("ViT.patch_embed", 0)),
+        "blocks": int(parts.get("ViT.blocks", 0)),
+        "head": int(parts.get("ViT.head", 0)),
+    }
+
+
+def describe_flops(cfg: ModelConfig) -> str:
+    """One line: forward MFLOPs per image and the share of each part."""
+    f = flops_split(cfg)
+    share = {k: f[k] / max(f["total"], 1) for k in ("tokenizer", "blocks", "head")}
+    return (
+        f"{f['total'] / 1e6:.1f} MFLOPs per image forward: transformer blocks "
+        f"{share['blocks']:.1%}, tokenizer {share['tokenizer']:.1%}, head {share['head']:.1%}"
+    )
 
 
 # --- attention maps --------------------------------------------------------------------

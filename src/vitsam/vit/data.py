@@ -49,6 +49,29 @@ class ArrayDataset:
         """A class-balanced random subset of n examples (all of them when n is 0 or too big)."""
         if n <= 0 or n >= len(self):
             return self
+        return self.take(self._balanced(n, seed))
+
+    def split(self, n: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+        """(the rest, n held-out examples): a class-balanced random split, disjoint by index.
+
+        Raises VitsamError when n leaves fewer than one example per class to train on.
+        """
+        if n > len(self) - len(self.classes):
+            raise VitsamError(
+                f"a validation split of {n} leaves too few of the {len(self)} training images: "
+                "lower --val-split"
+            )
+        held = self._balanced(n, seed)
+        rest = torch.ones(len(self), dtype=torch.bool)
+        rest[held] = False
+        return self.take(rest.nonzero().squeeze(1)), self.take(held)
+
+    def take(self, idx: torch.Tensor) -> ArrayDataset:
+        """The examples at `idx` (int64 indices), in that order."""
+        return ArrayDataset(self.images[idx], self.labels[idx], self.classes, self.skipped)
+
+    def _balanced(self, n: int, seed: int) -> torch.Tensor:
+        """Sorted indices of n examples, as even over the classes as they allow."""
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=g)
         per_class = -(-n // len(self.classes))
@@ -61,8 +84,7 @@ class ArrayDataset:
                 keep.append(i)
                 if len(keep) == n:
                     break
-        idx = torch.tensor(sorted(keep))
-        return ArrayDataset(self.images[idx], self.labels[idx], self.classes, self.skipped)
+        return torch.tensor(sorted(keep), dtype=torch.long)
 
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std in [0, 1] units, for normalisation."""
