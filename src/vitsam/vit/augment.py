@@ -51,10 +51,17 @@ def _rand(shape, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(shape, generator=gen, device=gen.device)
 
 
-def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+def crop_flip(
+    x: torch.Tensor,
+    padding: int,
+    flip: bool,
+    gen: torch.Generator,
+    flipped: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Random crop after zero padding and random horizontal flip, per image, in one gather.
 
-    x: (B, C, H, W) any dtype. Returns the same shape and dtype.
+    x: (B, C, H, W) any dtype. `flipped` (B,) bool, when given, says which images to mirror
+    instead of a coin toss (alternating flips). Returns the same shape and dtype.
     """
     B, C, H, W = x.shape
     if padding == 0 and not flip:
@@ -67,7 +74,8 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
     rows = oy[:, None] + ar_h  # (B, H)
     cols = ox[:, None] + ar_w  # (B, W)
     if flip:
-        flipped = _rand(B, gen) < 0.5
+        if flipped is None:
+            flipped = _rand(B, gen) < 0.5
         cols = torch.where(flipped[:, None], ox[:, None] + (W - 1 - ar_w), cols)
     b = torch.arange(B, device=dev)[:, None, None, None]
     c = torch.arange(C, device=dev)[None, :, None, None]

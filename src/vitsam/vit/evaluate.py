@@ -33,7 +33,27 @@ class EvalResult:
 
 
 @torch.no_grad()
-def logits_of(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+def logits_of(
+    model: torch.nn.Module, x: torch.Tensor, tta_flip: bool = False, tta_translate: bool = False
+) -> torch.Tensor:
+    """The model's (B, classes) float logits of a normalised (B, C, H, W) batch, averaged
+    over test-time views: with `tta_flip` the image and its mirror; with `tta_translate`
+    also the image shifted one pixel up-left and one down-right (reflection padding), each
+    view with its mirror when `tta_flip`, weighted 1/2 (unshifted) and 1/4 each (shifted).
+    The translate views are airbench's `infer_mirror_translate` (Jordan, "94% on CIFAR-10
+    in 3.29 seconds on a single GPU", 2024).
+    """
+    out = _views(model, x, tta_flip)
+    if tta_translate:
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        H, W = x.shape[-2:]
+        up_left = _views(model, padded[..., :H, :W].contiguous(), tta_flip)
+        down_right = _views(model, padded[..., 2:, 2:].contiguous(), tta_flip)
+        out = 0.5 * out + 0.25 * (up_left + down_right)
+    return out
+
+
+def _views(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
     out = model(x).float()
     if tta_flip:
         out = (out + model(x.flip(3)).float()) / 2
@@ -49,6 +69,7 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     tta_flip: bool = False,
     batch_size: int = 0,
+    tta_translate: bool = False,
 ) -> EvalResult:
     if batch_size <= 0:  # a CPU's caches favour smaller batches (fast preset: 1,500 img/s
         batch_size = 250 if device.type == "cpu" else 1000  # at 250, 1,000 img/s at 1,000)
@@ -58,7 +79,7 @@ def evaluate(
     preds = []
     with autocast(device, dtype):
         for x, y in eval_batches(data, normalize, device, batch_size):
-            logits = logits_of(model, x, tta_flip)
+            logits = logits_of(model, x, tta_flip, tta_translate)
             loss += F.cross_entropy(logits, y, reduction="sum")
             preds.append(logits.argmax(1))
     model.train(was_training)
@@ -190,10 +211,12 @@ def evaluate_checkpoint(
     device: str = "auto",
     precision: str | None = None,
     tta_flip: bool | None = None,
+    tta_translate: bool | None = None,
 ) -> EvalReport:
     """Evaluate a run directory or checkpoint on the test split of `dataset` (default: the
     one it was trained on), in `precision` (default: the run's eval precision, so both
-    report the same accuracy) and with `tta_flip` (default: as the run evaluated).
+    report the same accuracy) and with `tta_flip` and `tta_translate` (default: as the run
+    evaluated).
 
     Raises VitsamError when the dataset's classes or image shape differ from the model's.
     """
@@ -228,6 +251,7 @@ def evaluate_checkpoint(
         dev,
         resolve_precision(precision, dev),
         tta_flip=cfg.get("tta_flip", False) if tta_flip is None else tta_flip,
+        tta_translate=cfg.get("tta_translate", False) if tta_translate is None else tta_translate,
     )
     cm = confusion_matrix(result.predictions, result.labels, len(clf.classes))
     per_class = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()

@@ -57,18 +57,38 @@ class DeviceLoader:
         self.train, self.drop_last = train, drop_last
         self.batch_size = cfg.batch_size  # the global batch
         self.rank, self.world, self.aug_gen = rank, world, aug_gen or gen
+        self.epoch = 0
+        self.flip_parity = None
+        if cfg.alternate_flip and cfg.flip:
+            g = torch.Generator().manual_seed(cfg.seed)  # from the config: resumes exactly
+            self.flip_parity = (torch.rand(len(self.labels), generator=g) < 0.5).to(device)
 
     def set_epoch(self, epoch: int) -> None:
-        """Nothing to do: the order and augmentation come from `gen`, which checkpoints carry."""
+        """The epoch about to run (alternating flips follow it); the order and the other
+        augmentation come from `gen`, which checkpoints carry."""
+        self.epoch = epoch
+
+    def flips(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Which of the examples at `idx` are mirrored this epoch with alternating flips,
+        else None (a coin toss per image).
+
+        Alternating ("derandomised") flips, from airbench (Jordan, "94% on CIFAR-10 in 3.29
+        seconds on a single GPU", 2024): each example is mirrored in every other epoch,
+        starting from a random half, so two consecutive epochs show both views of each
+        image where random flips repeat one view in a quarter of the cases.
+        """
+        if self.flip_parity is None:
+            return None
+        return self.flip_parity[idx] ^ bool(self.epoch % 2)
 
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> augmented, normalised float batch."""
+    def augment(self, x: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 batch -> augmented, normalised float batch; `flipped` as in crop_flip."""
         cfg, gen = self.cfg, self.aug_gen
-        x = augment.crop_flip(x, cfg.crop_padding, cfg.flip, gen).float().div_(255)
+        x = augment.crop_flip(x, cfg.crop_padding, cfg.flip, gen, flipped).float().div_(255)
         if cfg.policy == "randaugment":
             x = augment.randaugment(x, cfg.randaug_ops, cfg.randaug_magnitude, gen)
         elif cfg.policy == "autoaugment":
@@ -85,7 +105,7 @@ class DeviceLoader:
         for i in range(len(self)):
             start = i * self.batch_size + self.rank * b
             idx = order[start : start + b]
-            yield self.augment(self.images[idx]), self.labels[idx]
+            yield self.augment(self.images[idx], self.flips(idx)), self.labels[idx]
 
 
 class _TransformDataset(torch.utils.data.Dataset):

@@ -211,6 +211,9 @@ class ViT(nn.Module):
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.head.weight)
+        if self.cfg.attn_init == "mimetic":
+            for block in self.blocks:
+                mimetic_init_(block.attn)
 
     def set_attention(self, impl: str) -> None:
         """'sdpa' (fused) or 'plain' attention in every block."""
@@ -243,6 +246,51 @@ class ViT(nn.Module):
             x = x + y
             x = x + block.mlp(block.norm2(x))
         return maps
+
+
+MIMETIC_QK = (0.7, 0.7)  # (alpha, beta) of W_q W_k^T = alpha Z + beta I
+MIMETIC_VO = (0.4, 0.4)  # (alpha, beta) of W_v W_proj = alpha Z - beta I
+
+
+@torch.no_grad()
+def mimetic_init_(
+    attn: Attention,
+    qk: tuple[float, float] = MIMETIC_QK,
+    vo: tuple[float, float] = MIMETIC_VO,
+) -> None:
+    """Mimetic initialisation of one attention layer, in place.
+
+    Trockman & Kolter, "Mimetic Initialization of Self-Attention Layers" (ICML 2023): the
+    query-key product of pretrained ViTs is close to a positive multiple of the identity
+    (each token attends to itself and its likes) and the value-projection product close to
+    a negative one. So, with Z a d x d matrix of N(0, 1/d) entries (a fresh one for each),
+
+        W_q^T W_k = alpha1 Z1 + beta1 I,      W_v^T W_proj^T = alpha2 Z2 - beta2 I,
+
+    in the (d_in, d_in) convention of nn.Linear weights (q = x W_q^T, so the attention
+    logits are x W_q^T W_k x^T). Each product is factored as U sqrt(S) and sqrt(S) V^T of
+    its SVD, and head h takes rows h*k:(h+1)*k of the query and key weights, so the sum
+    over heads is exact. The paper's CIFAR-10 ViT values are the defaults: (0.7, 0.7) for
+    query-key, (0.4, 0.4) for value-projection. Biases are zeroed.
+    """
+    d = attn.proj.weight.shape[0]
+    wq, wk, wv = attn.qkv.weight.view(3, d, d).unbind(0)  # views into the (3d, d) weight
+    left, right = _factor(qk[0], qk[1], d, attn.qkv.weight)
+    wq.copy_(left.T)  # W_q^T W_k = left @ right
+    wk.copy_(right)
+    left, right = _factor(vo[0], -vo[1], d, attn.qkv.weight)
+    wv.copy_(left.T)  # W_v^T W_proj^T = left @ right
+    attn.proj.weight.copy_(right.T)
+    attn.qkv.bias.zero_()
+    attn.proj.bias.zero_()
+
+
+def _factor(alpha: float, beta: float, d: int, like: torch.Tensor):
+    """(L, R), each (d, d), with L @ R = alpha Z + beta I for Z of N(0, 1/d) entries."""
+    z = torch.randn(d, d) / d**0.5
+    u, s, vh = torch.linalg.svd(alpha * z + beta * torch.eye(d))
+    root = s.sqrt()
+    return (u * root).to(like), (root[:, None] * vh).to(like)
 
 
 def count_parameters(model: nn.Module) -> int:
