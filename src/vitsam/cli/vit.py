@@ -48,6 +48,11 @@ def add_commands(sub) -> None:
         action=argparse.BooleanOptionalAction,
         help="average with the mirrored image (default: as the run evaluated)",
     )
+    p.add_argument(
+        "--tta-translate",
+        action=argparse.BooleanOptionalAction,
+        help="also with the image shifted 1 px two ways (default: as the run evaluated)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k labels for image files")
@@ -142,11 +147,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         distributed.shutdown()
     if history and distributed.from_env().is_main:
-        best = max(r["test_acc"] for r in history)
+        from vitsam.vit.plots import evaluated_on
+
+        name = evaluated_on(history)
+        best = max(r[f"{name}_acc"] for r in history)
         last = history[-1]
+        tested = f", test accuracy {last['test_acc']:.4f}" if name == "val" else ""
         print(
-            f"done: {last['epoch']} epochs, final test accuracy {last['test_acc']:.4f}, "
-            f"best {best:.4f}; run directory {out}"
+            f"done: {last['epoch']} epochs, final {name} accuracy {last[f'{name}_acc']:.4f}, "
+            f"best {best:.4f}{tested}; run directory {out}"
         )
     return 0
 
@@ -155,7 +164,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitsam.vit.evaluate import checkpoint_path, evaluate_checkpoint
 
     report = evaluate_checkpoint(
-        args.checkpoint, args.dataset, args.data_dir, args.device, args.precision, args.tta_flip
+        args.checkpoint,
+        args.dataset,
+        args.data_dir,
+        args.device,
+        args.precision,
+        args.tta_flip,
+        args.tta_translate,
     )
     json_path, png_path = report.save(
         Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent

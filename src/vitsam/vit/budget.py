@@ -65,7 +65,9 @@ class TimeBudget:
     it changes, else None. Inert when `minutes` is 0.
 
     `started` is the clock reading (seconds) the budget counts from: the run's start, data
-    loading included. Only a fresh run is fitted; a resumed one keeps the epochs it has.
+    loading included. `test_images` are evaluated after every epoch; `final_images` (the
+    test set of a run evaluated on a validation split) once more after the last, whose
+    time, scaled from the timed evaluation, is kept spare. Only a fresh run is fitted; a resumed one keeps the epochs it has.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class TimeBudget:
         *,
         steps_per_epoch: int,
         test_images: int,
+        final_images: int = 0,
         started: float,
         dist: distributed.Dist | None = None,
         device: torch.device | None = None,
@@ -81,7 +84,9 @@ class TimeBudget:
     ):
         self.minutes = minutes
         self.steps_per_epoch = steps_per_epoch
-        self.test_images = test_images
+        self.test_images = test_images  # evaluated after every epoch
+        self.final_images = final_images  # evaluated once more after the last (the test set)
+        self.final_s = 0.0  # the measured seconds that last evaluation takes, kept spare
         self.started = started
         self.dist = dist or distributed.Dist()  # one process unless told
         self.device = device or torch.device("cpu")  # where the ranks' timings are summed
@@ -135,7 +140,8 @@ class TimeBudget:
         seconds, n = time_eval(EVAL_TIMED_IMAGES)
         eval_s = seconds * self.test_images / n
         step_s, eval_s = self._rank_mean(step_s, eval_s)
-        elapsed = self.clock() - self.started
+        self.final_s = eval_s * self.final_images / max(self.test_images, 1)
+        elapsed = self.clock() - self.started + self.final_s
         budget_s = self.minutes * 60
         epochs = budget_epochs(budget_s, elapsed, steps_done, step_s, self.steps_per_epoch, eval_s)
         self.fitted = True
@@ -206,7 +212,7 @@ class TimeBudget:
         (total,) = distributed.all_reduce_sum(self.dist, torch.tensor(epoch_s, device=self.device))
         self._paces.append(total.item() / self.dist.world)  # the ranks' mean: all alike
         epoch_s = statistics.median(self._paces[-PACE_EPOCHS:])
-        elapsed = self.clock() - self.started
+        elapsed = self.clock() - self.started + self.final_s
         fits = done + epochs_that_fit(self.minutes * 60, elapsed, epoch_s)
         if fits == epochs or (fits > epochs and not in_warmup):
             return None

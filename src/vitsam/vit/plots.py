@@ -10,19 +10,21 @@ from vitsam.files import replacing
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train and test, redrawn from the whole history."""
+    """Loss and accuracy per epoch, train and evaluated (the validation split when the run
+    has one, else the test set), redrawn from the whole history."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ep = [r["epoch"] for r in history]
+    name = evaluated_on(history)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [r["train_loss"] for r in history], label="train")
-    a.plot(ep, [r["test_loss"] for r in history], label="test")
+    a.plot(ep, [r[f"{name}_loss"] for r in history], label=name)
     a.set(xlabel="epoch", ylabel="loss", title="loss")
     b.plot(ep, [r["train_acc"] for r in history], label="train")
-    b.plot(ep, [r["test_acc"] for r in history], label="test")
+    b.plot(ep, [r[f"{name}_acc"] for r in history], label=name)
     b.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
     for ax in (a, b):
         ax.grid(alpha=0.3)
@@ -31,6 +33,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     with replacing(path, path.with_name(path.stem + ".tmp.png")) as tmp:  # format from suffix
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def evaluated_on(history: list[dict]) -> str:
+    """'val' when a run's epochs were evaluated on a validation split, else 'test'."""
+    return "val" if history and "val_acc" in history[0] else "test"
 
 
 def plot_confusion(cm: torch.Tensor, classes: list[str], path: Path, title: str = "") -> None:

@@ -19,15 +19,20 @@ from vitsam.devices import choose_precision, resolve_device, seed_everything
 from vitsam.errors import VitsamError
 from vitsam.files import replacing, write_atomic
 from vitsam.vit import augment, distributed
+from vitsam.vit.analysis import describe_flops
 from vitsam.vit.budget import TimeBudget
 from vitsam.vit.config import TrainConfig, eval_precision_name, from_dict, to_dict, to_json
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
 from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint
 from vitsam.vit.loaders import DeviceLoader, Normalize, TextbookLoader, fits_on_device
 from vitsam.vit.model import ViT, count_parameters
+from vitsam.vit.optim import MuonAdamW, muon_split
 from vitsam.vit.plots import plot_curves
 
 log = logging.getLogger("vitsam")
+
+
+VAL_SEED = 0  # the validation split's seed: the same images for every --seed and recipe
 
 
 @dataclass
@@ -36,12 +41,18 @@ class Data:
     test: ArrayDataset
     mean: list[float]
     std: list[float]
+    val: ArrayDataset | None = None  # held out of the training set (--val-split)
 
 
 def prepare_data(cfg: TrainConfig, loaded: tuple[ArrayDataset, ArrayDataset] | None = None) -> Data:
-    """Load the dataset (or take `loaded`, its (train, test) already in memory), apply the
-    subsets and fit the model config to it (channels, size, classes)."""
+    """Load the dataset (or take `loaded`, its (train, test) already in memory), hold out
+    the validation split, apply the subsets and fit the model config to it (channels, size,
+    classes). The validation split is drawn first, with VAL_SEED, so it is the same images
+    whatever the run's seed and subset; it never overlaps the training images."""
     train, test = loaded or load_dataset(cfg.dataset, cfg.data_dir, cfg.model.image_size)
+    val = None
+    if cfg.val_split:
+        train, val = train.split(cfg.val_split, seed=VAL_SEED)
     train = train.subset(cfg.train_subset, seed=cfg.seed)
     test = test.subset(cfg.test_subset, seed=cfg.seed)
     if cfg.dataset in TORCHVISION or cfg.dataset == "shapes":
@@ -50,7 +61,7 @@ def prepare_data(cfg: TrainConfig, loaded: tuple[ArrayDataset, ArrayDataset] | N
     cfg.model.num_classes = len(train.classes)
     cfg.model.__post_init__()  # the data may make the patch size not fit
     mean, std = train.mean_std()
-    return Data(train, test, mean, std)
+    return Data(train, test, mean, std, val)
 
 
 def lr_factor(
@@ -102,6 +113,10 @@ class Trainer:
         evaluation = eval_precision_name(cfg.eval_precision, cfg.precision)
         self.eval_dtype = choose_precision(evaluation, self.device).dtype
         self.data = data or prepare_data(cfg)
+        # what each epoch is evaluated on (and best.pt chosen by): the validation split when
+        # there is one, the test set then evaluated once, after the last epoch
+        self.eval_name = "val" if self.data.val is not None else "test"
+        self.eval_data = self.data.val if self.data.val is not None else self.data.test
         self.model = ViT(cfg.model).to(self.device)
         attn = cfg.model.attn_impl
         if attn == "auto":  # the CPU's fused-attention backward is slow at these sizes
@@ -133,7 +148,8 @@ class Trainer:
         self.budget = TimeBudget(
             cfg.time_budget,
             steps_per_epoch=self.steps_per_epoch,
-            test_images=len(self.data.test),
+            test_images=len(self.eval_data),
+            final_images=len(self.data.test) if self.data.val is not None else 0,
             started=self.started,
             dist=self.dist,
             device=self.device,
@@ -153,12 +169,24 @@ class Trainer:
             cfg.warmup_epochs = capped
 
     def _time_eval(self, n: int) -> tuple[float, int]:
-        """Seconds to evaluate n test images (all, when fewer), and how many: for the budget."""
-        part = self.data.test.subset(min(len(self.data.test), n), seed=self.cfg.seed)
+        """Seconds to evaluate n images of the evaluation set (all, when fewer), and how
+        many: for the budget."""
+        part = self.eval_data.subset(min(len(self.eval_data), n), seed=self.cfg.seed)
         t = time.perf_counter()
-        model, dtype = self.eval_model(), self.eval_dtype
-        evaluate(model, part, self.normalize, self.device, dtype, self.cfg.tta_flip)
+        self._evaluate(part)
         return time.perf_counter() - t, len(part)
+
+    def _evaluate(self, data: ArrayDataset):
+        cfg = self.cfg
+        return evaluate(
+            self.eval_model(),
+            data,
+            self.normalize,
+            self.device,
+            self.eval_dtype,
+            cfg.tta_flip,
+            tta_translate=cfg.tta_translate,
+        )
 
     def _set_epochs(self, epochs: int) -> None:
         """The run's new length (the time budget's): kept in cfg and RUN/config.json."""
@@ -173,6 +201,12 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         fused = self.device.type in ("cuda", "cpu")  # one kernel for the whole update
+        if cfg.optimizer == "muon":
+            muon, rest = muon_split(self.model)
+            ns = torch.bfloat16 if self.dtype == torch.bfloat16 else torch.float32
+            return MuonAdamW(
+                muon, rest, cfg.lr, cfg.betas, cfg.weight_decay, fused=fused, ns_dtype=ns
+            )
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(
                 self.model.parameters(),
@@ -217,6 +251,11 @@ class Trainer:
                 aug_gen=self.aug_gen,
             )
         if kind == "dataloader":
+            if self.cfg.alternate_flip:
+                raise VitsamError(
+                    "--alternate-flip needs the device loader (--loader device): the "
+                    "dataloader's per-image transforms toss a coin per flip"
+                )
             return TextbookLoader(
                 self.data.train,
                 self.cfg,
@@ -395,6 +434,7 @@ class Trainer:
                 str(self.dtype).replace("torch.", ""),
                 type(self.loader).__name__,
             )
+            log.info("ViT: %s", describe_flops(cfg.model))
         plotted = time.monotonic()
         while self.epoch < cfg.epochs:
             lr = self.opt.param_groups[0]["lr"]
@@ -420,22 +460,16 @@ class Trainer:
                 )
             t1 = time.perf_counter()
             seconds = t1 - t0
-            result = evaluate(
-                self.eval_model(),
-                self.data.test,
-                self.normalize,
-                self.device,
-                self.eval_dtype,
-                cfg.tta_flip,
-            )
+            result = self._evaluate(self.eval_data)
             self.epoch += 1
+            name = self.eval_name
             row = {
                 "epoch": self.epoch,
                 "lr": lr,
                 "train_loss": round(train_loss, 6),
                 "train_acc": round(train_acc, 6),
-                "test_loss": round(result.loss, 6),
-                "test_acc": round(result.accuracy, 6),
+                f"{name}_loss": round(result.loss, 6),
+                f"{name}_acc": round(result.accuracy, 6),
                 "epoch_seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t1, 3),
@@ -455,6 +489,10 @@ class Trainer:
             )
             if refitted is not None:
                 self._set_epochs(refitted)
+            if name == "val" and self.epoch >= cfg.epochs:  # the test set, once, to report
+                test = self._evaluate(self.data.test)
+                row.update(test_loss=round(test.loss, 6), test_acc=round(test.accuracy, 6))
+                row["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.started, 1)
             self.history.append(row)
             improved = result.accuracy > self.best_acc
             self.best_acc = max(self.best_acc, result.accuracy)
@@ -463,7 +501,7 @@ class Trainer:
                     f.write(json.dumps(row) + "\n")
                 if improved:
                     save_atomic(
-                        self.weights_checkpoint(test_acc=result.accuracy), self.out / "best.pt"
+                        self.weights_checkpoint(**{f"{name}_acc": result.accuracy}), self.out / "best.pt"
                     )
                 save_atomic(self.state(), self.out / "last.pt")
                 # a redraw takes ~0.1 s, which adds up over short GPU epochs: at most every 10 s
@@ -471,11 +509,12 @@ class Trainer:
                     plot_curves(self.history, self.out / "curves.png")
                     plotted = time.monotonic()
                 log.info(
-                    "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  %.1fs  %.0f img/s",
+                    "epoch %d/%d  train loss %.4f acc %.4f  %s loss %.4f acc %.4f  %.1fs  %.0f img/s",
                     self.epoch,
                     cfg.epochs,
                     train_loss,
                     train_acc,
+                    name,
                     result.loss,
                     result.accuracy,
                     seconds,

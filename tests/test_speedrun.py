@@ -1,0 +1,135 @@
+"""The speedrun preset and its levers: Muon, mimetic init, alternating flips, translate
+TTA and the validation split that recipe choices are made on."""
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from vitsam.vit import train as training
+from vitsam.vit.analysis import flops_split
+from vitsam.vit.config import ModelConfig, preset
+from vitsam.vit.data import make_shapes
+from vitsam.vit.evaluate import logits_of
+from vitsam.vit.model import ViT, count_parameters, mimetic_init_
+
+
+def test_speedrun_preset_is_a_transformer_by_the_flops_rule():
+    cfg = preset("speedrun")
+    model = ViT(cfg.model)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3  # the tokenizer stays a tokenizer
+    assert count_parameters(model) == 891_946
+    f = flops_split(cfg.model)
+    assert round(f["total"] / 1e6, 1) == 46.6  # MFLOPs per image, forward
+    assert f["blocks"] / f["total"] > 0.5  # the blocks carry most of the forward FLOPs
+    assert f["tokenizer"] + f["blocks"] + f["head"] == f["total"]
+    assert (cfg.optimizer, cfg.model.attn_init, cfg.time_budget) == ("muon", "mimetic", 60.0)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tmp_path):
+    trainer = training.Trainer(tiny_config(tmp_path, optimizer="muon"))
+    model = trainer.model
+    muon = {id(p) for g in trainer.opt.muon.param_groups for p in g["params"]}
+    adamw = {id(p) for g in trainer.opt.adamw.param_groups for p in g["params"]}
+    matrices = {id(p) for p in model.blocks.parameters() if p.ndim == 2}
+    assert muon == matrices and len(muon) == 4 * model.cfg.depth  # qkv, proj, fc1, fc2
+    assert adamw == {id(p) for p in model.parameters()} - matrices
+    assert id(model.head.weight) in adamw  # the classifier stays with AdamW
+    assert len(trainer.opt.param_groups) == 2  # one schedule moves both
+
+
+def _products(attn, d):
+    wq, wk, wv = attn.qkv.weight.view(3, d, d)
+    return wq.T @ wk, wv.T @ attn.proj.weight.T  # (d_in, d_in) as the logits see them
+
+
+def test_mimetic_init_has_its_closed_form():
+    d = 64
+    torch.manual_seed(0)
+    attn = ViT(ModelConfig(dim=d, depth=1, heads=4, mlp_dim=64, attn_init="mimetic")).blocks[0].attn
+    qk, vo = _products(attn, d)
+    eye = torch.eye(d)
+    assert qk.diagonal().mean().item() == pytest.approx(0.7, abs=0.05)  # + beta1 I
+    assert vo.diagonal().mean().item() == pytest.approx(-0.4, abs=0.05)  # - beta2 I
+    # the rest is alpha Z with Z of N(0, 1/d) entries: Frobenius norm alpha sqrt(d)
+    assert (qk - 0.7 * eye).norm().item() / d**0.5 == pytest.approx(0.7, rel=0.15)
+    assert (vo + 0.4 * eye).norm().item() / d**0.5 == pytest.approx(0.4, rel=0.15)
+    # without the noise term each product is exactly the multiple of the identity
+    mimetic_init_(attn, qk=(0.0, 0.7), vo=(0.0, 0.4))
+    qk, vo = _products(attn, d)
+    torch.testing.assert_close(qk, 0.7 * eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(vo, -0.4 * eye, atol=1e-5, rtol=0)
+
+
+def test_validation_split_is_held_out_of_training_and_never_the_test_set(tmp_path):
+    train, test = make_shapes(600, seed=1), make_shapes(200, seed=2)
+    key = lambda d: {bytes(x.numpy()) for x in d.images}  # noqa: E731
+    runs = []
+    for seed in (0, 1):
+        cfg = tiny_config(tmp_path, val_split=100, train_subset=0, seed=seed)
+        data = training.prepare_data(cfg, (train, test))
+        assert len(data.val) == 100 and len(data.train) == 500
+        assert key(data.val) <= key(train)  # carved from the training set
+        assert not key(data.val) & key(data.train)
+        assert not key(data.val) & key(test)
+        assert data.val.labels.bincount().tolist() == [100 // len(train.classes)] * len(
+            train.classes
+        )
+        runs.append(key(data.val))
+    assert runs[0] == runs[1]  # the same images whatever the run's seed
+
+
+def test_alternating_flips_mirror_each_image_every_other_epoch(tmp_path):
+    trainer = training.Trainer(tiny_config(tmp_path, alternate_flip=True))
+    loader, idx = trainer.loader, torch.arange(len(trainer.data.train))
+    loader.set_epoch(0)
+    first = loader.flips(idx)
+    loader.set_epoch(1)
+    assert torch.equal(loader.flips(idx), ~first)
+    loader.set_epoch(2)
+    assert torch.equal(loader.flips(idx), first)
+    assert 0.3 < first.float().mean().item() < 0.7  # starts from a random half
+
+
+def test_translate_tta_weighs_the_shifted_views():
+    def model(x):  # the top-left pixel as a single logit
+        return x[:, 0, 0, :1]
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    # reflection padding: both shifted views start at pixel (1, 1)
+    expected = 0.5 * x[0, 0, 0, 0] + 0.5 * x[0, 0, 1, 1]
+    assert logits_of(model, x, tta_translate=True).item() == pytest.approx(expected.item())
+    flat = torch.full((2, 3, 8, 8), 0.25)
+    torch.testing.assert_close(
+        logits_of(model, flat, tta_flip=True, tta_translate=True), logits_of(model, flat)
+    )
+
+
+@pytest.mark.models
+def test_speedrun_levers_resume_exactly_and_report_the_test_set_once(tmp_path):
+    over = dict(
+        epochs=3,
+        optimizer="muon",
+        alternate_flip=True,
+        tta_flip=True,
+        tta_translate=True,
+        label_smoothing=0.2,
+        val_split=96,
+    )
+    cfg = tiny_config(tmp_path / "a", **over)
+    cfg.model.attn_init = "mimetic"
+    full = training.train(cfg)
+    assert all("val_acc" in r for r in full)
+    assert [("test_acc" in r) for r in full] == [False, False, True]
+
+    def kill_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    cfg = tiny_config(tmp_path / "b", **over)
+    cfg.model.attn_init = "mimetic"
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, on_epoch_end=kill_after_first)
+    resumed = training.resume(cfg.out)
+    strip = lambda rows: [{k: v for k, v in r.items() if "second" not in k} for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(full)
