@@ -3,8 +3,11 @@
 Reads RUN_DIR/metrics.jsonl of finished (or running) training runs and prints one markdown
 row per run: epochs, wall minutes of the whole run (data loading, training and every
 evaluation; from each epoch's `wall_seconds`), the epoch and wall minute at which test
-accuracy first reached the target, and the final and best test accuracy. `--plot` draws
-test accuracy against wall minutes for all runs on one figure.
+accuracy first reached the target, and the final and best test accuracy. Runs with a
+validation split (`--val-split`) are judged per epoch on it and report the test set once,
+at the end. `--plot` draws accuracy against wall minutes for all runs on one figure;
+`--anchors` adds the published CIFAR-10 speedrun points (each labelled with its hardware)
+on a log time axis.
 
 With `--train`, it first trains each named preset with the same `--time-budget` on the
 same dataset, one after the other (never two at once: they would slow each other), and
@@ -43,22 +46,39 @@ def read_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
+# Published CIFAR-10 points to draw beside ours: (label, seconds, test accuracy).
+ANCHORS = [
+    ("airbench94, A100", 2.59, 0.9401),  # Jordan 2024, "94% on CIFAR-10 in 3.29 seconds"
+    ("hlb-CIFAR10, A100", 6.3, 0.94),  # tysam-code/hlb-CIFAR10 README
+    ("airbench96, A100", 27.0, 0.96),
+    ("CCT, 12-core desktop CPU", 30 * 60, 0.80),  # Hassani et al. 2021: "80% in under 30 min"
+]
+
+
+def per_epoch_key(rows: list[dict]) -> str:
+    """What each epoch was evaluated on: "val_acc" for runs with a validation split."""
+    return "val_acc" if "val_acc" in rows[0] else "test_acc"
+
+
 def summarize(run_dir: Path, target: float) -> dict:
     rows = read_rows(run_dir)
-    reached = next(((r["epoch"], r["wall_seconds"]) for r in rows if r["test_acc"] >= target), None)
+    key = per_epoch_key(rows)
+    reached = next(((r["epoch"], r["wall_seconds"]) for r in rows if r[key] >= target), None)
     return {
         "run": run_dir.name,
+        "on": key.removesuffix("_acc"),
         "epochs": rows[-1]["epoch"],
         "wall_s": rows[-1]["wall_seconds"],
         "eval_s": sum(r.get("eval_seconds", 0.0) for r in rows),
         "reached": reached,
-        "final": rows[-1]["test_acc"],
-        "best": max(r["test_acc"] for r in rows),
+        "final": rows[-1][key],
+        "final_test": rows[-1].get("test_acc"),
+        "best": max(r[key] for r in rows),
         "images_per_second": sorted(r["images_per_second"] for r in rows)[len(rows) // 2],
     }
 
 
-def plot(runs: list[Path], target: float, path: Path, title: str) -> None:
+def plot(runs: list[Path], target: float, path: Path, title: str, anchors: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,13 +87,23 @@ def plot(runs: list[Path], target: float, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in runs:
         rows = read_rows(run)
-        minutes = [0.0] + [r["wall_seconds"] / 60 for r in rows]
-        ax.plot(minutes, [0.1] + [r["test_acc"] for r in rows], marker=".", label=run.name)
+        key = per_epoch_key(rows)
+        minutes = [r["wall_seconds"] / 60 for r in rows]
+        label = run.name if key == "test_acc" else f"{run.name} (validation split)"
+        (line,) = ax.plot(minutes, [r[key] for r in rows], marker=".", label=label)
+        if key != "test_acc" and "test_acc" in rows[-1]:  # the test set, once, at the end
+            ax.plot(minutes[-1], rows[-1]["test_acc"], marker="*", ms=10, color=line.get_color())
+    if anchors:
+        for i, (label, seconds, acc) in enumerate(ANCHORS):
+            ax.plot(seconds / 60, acc, marker="D", color="black", ms=5)
+            ax.annotate(label, (seconds / 60, acc), textcoords="offset points",
+                        xytext=(5, -10 if i % 2 == 0 else 5), fontsize=7)  # fmt: skip
+        ax.set_xscale("log")
     ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"{target:.2%}")
     ax.set(xlabel="wall-clock minutes (data loading, training, evaluation)",
            ylabel="test accuracy", title=title)  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower left" if anchors else "best", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -101,6 +131,7 @@ def main() -> None:
     p.add_argument("runs", nargs="*", type=Path, help="run directories to summarise")
     p.add_argument("--target", type=float, default=0.8081, help="test accuracy, 0-1")
     p.add_argument("--plot", type=Path, help="write accuracy against wall minutes here (.png)")
+    p.add_argument("--anchors", action="store_true", help="draw published speedrun points too")
     p.add_argument("--train", nargs="+", metavar="PRESET", help="train these presets first")
     p.add_argument("--budget", type=float, default=60.0, help="--time-budget of each, minutes")
     p.add_argument("--dataset", default="cifar10", help="dataset name or path, for --train")
@@ -115,8 +146,9 @@ def main() -> None:
     if not runs:
         p.error("give run directories, or --train PRESET ...")
     print(
-        f"\n| run | epochs | wall min | of which evaluation min | reached {args.target:.2%} at "
-        "| final | best | median train images/s |\n|---|---|---|---|---|---|---|---|"
+        f"\n| run | per epoch on | epochs | wall min | of which evaluation min "
+        f"| reached {args.target:.2%} at | final | best | final test | median train images/s |"
+        "\n|---|---|---|---|---|---|---|---|---|---|"
     )
     for run in runs:
         s = summarize(run, args.target)
@@ -125,12 +157,15 @@ def main() -> None:
             if s["reached"]
             else "not reached"
         )
+        test = "-" if s["final_test"] is None else f"{s['final_test']:.2%}"
         print(
-            f"| {s['run']} | {s['epochs']} | {s['wall_s'] / 60:.1f} | {s['eval_s'] / 60:.1f} "
-            f"| {reached} | {s['final']:.2%} | {s['best']:.2%} | {s['images_per_second']:.0f} |"
+            f"| {s['run']} | {s['on']} | {s['epochs']} | {s['wall_s'] / 60:.1f} "
+            f"| {s['eval_s'] / 60:.1f} | {reached} | {s['final']:.2%} | {s['best']:.2%} "
+            f"| {test} | {s['images_per_second']:.0f} |"
         )
     if args.plot:
-        plot(runs, args.target, args.plot, f"CIFAR-10 test accuracy against time\n{cpu}")
+        title = f"CIFAR-10 accuracy against time\n{cpu}"
+        plot(runs, args.target, args.plot, title, anchors=args.anchors)
         print(f"\nplot: {args.plot}")
 
 

@@ -41,3 +41,17 @@ def test_fast_preset_clearly_beats_the_seed_at_the_same_time_budget(cifar_path, 
         trainer = training.Trainer(cfg, data=training.prepare_data(cfg, loaded))
         accuracy[name] = trainer.run()[-1]["test_acc"]
     assert accuracy["fast"] > accuracy["seed"] + 0.1, accuracy  # measured: see BENCHMARKS
+
+
+def test_speedrun_preset_one_epoch_on_a_validation_split(cifar_path, tmp_path):
+    """The speedrun preset's whole path on real data (Muon, mimetic init, alternating
+    flips, translate TTA, the validation split), one short epoch."""
+    from vitsam.vit.config import preset
+
+    cfg = preset("speedrun")
+    cfg.dataset, cfg.train_subset, cfg.test_subset = str(cifar_path), 4_000, 1_000
+    cfg.val_split, cfg.epochs, cfg.time_budget = 1_000, 2, 0.0
+    cfg.device, cfg.out = "cpu", str(tmp_path / "speedrun")
+    history = training.train(cfg)
+    assert [("test_acc" in r) for r in history] == [False, True]  # the test set, once
+    assert history[-1]["val_acc"] > 0.2 and history[-1]["test_acc"] > 0.2  # chance: 0.1

@@ -425,10 +425,12 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:  # rank 0 alone writes files and logs
             self._write_config()
+            val = self.data.val
             log.info(
-                "ViT: %s parameters; %d train / %d test images; device %s, %s, %s loader",
+                "ViT: %s parameters; %d train / %s%d test images; device %s, %s, %s loader",
                 f"{count_parameters(self.model):,}",
                 len(self.data.train),
+                "" if val is None else f"{len(val)} validation / ",
                 len(self.data.test),
                 self.device,
                 str(self.dtype).replace("torch.", ""),
