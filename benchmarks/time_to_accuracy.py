@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vitsam.devices import cpu_description  # noqa: E402
+from vitsam.vit.plots import evaluated_on  # noqa: E402
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -57,7 +58,7 @@ ANCHORS = [
 
 def per_epoch_key(rows: list[dict]) -> str:
     """What each epoch was evaluated on: "val_acc" for runs with a validation split."""
-    return "val_acc" if "val_acc" in rows[0] else "test_acc"
+    return f"{evaluated_on(rows)}_acc"
 
 
 def summarize(run_dir: Path, target: float) -> dict:

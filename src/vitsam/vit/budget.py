@@ -67,7 +67,8 @@ class TimeBudget:
     `started` is the clock reading (seconds) the budget counts from: the run's start, data
     loading included. `test_images` are evaluated after every epoch; `final_images` (the
     test set of a run evaluated on a validation split) once more after the last, whose
-    time, scaled from the timed evaluation, is kept spare. Only a fresh run is fitted; a resumed one keeps the epochs it has.
+    time, scaled from the timed evaluation, is kept spare. Only a fresh run is fitted; a
+    resumed one keeps the epochs it has.
     """
 
     def __init__(

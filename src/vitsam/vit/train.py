@@ -176,6 +176,10 @@ class Trainer:
         self._evaluate(part)
         return time.perf_counter() - t, len(part)
 
+    def _wall_seconds(self) -> float:
+        """The run's wall seconds so far, resumed parts included (metrics' `wall_seconds`)."""
+        return round(self.wall_before + time.perf_counter() - self.started, 1)
+
     def _evaluate(self, data: ArrayDataset):
         cfg = self.cfg
         return evaluate(
@@ -476,7 +480,7 @@ class Trainer:
                 "images_per_second": round(seen / seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t1, 3),
                 # since the run started (data loading included; a resumed run adds its time)
-                "wall_seconds": round(self.wall_before + time.perf_counter() - self.started, 1),
+                "wall_seconds": self._wall_seconds(),
                 "eval_precision": str(self.eval_dtype).replace("torch.", ""),
             }
             # before the checkpoint: a run that the budget ends now resumes as ended
@@ -494,7 +498,7 @@ class Trainer:
             if name == "val" and self.epoch >= cfg.epochs:  # the test set, once, to report
                 test = self._evaluate(self.data.test)
                 row.update(test_loss=round(test.loss, 6), test_acc=round(test.accuracy, 6))
-                row["wall_seconds"] = round(self.wall_before + time.perf_counter() - self.started, 1)
+                row["wall_seconds"] = self._wall_seconds()
             self.history.append(row)
             improved = result.accuracy > self.best_acc
             self.best_acc = max(self.best_acc, result.accuracy)
