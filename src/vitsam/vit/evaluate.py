@@ -53,6 +53,12 @@ def logits_of(
     return out
 
 
+def view_count(tta_flip: bool = False, tta_translate: bool = False) -> int:
+    """How many forward passes `logits_of` makes per image: 1, 2 (flip), 3 (translate) or
+    6 (both)."""
+    return (2 if tta_flip else 1) * (3 if tta_translate else 1)
+
+
 def _views(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
     out = model(x).float()
     if tta_flip:

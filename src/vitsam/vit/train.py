@@ -23,7 +23,7 @@ from vitsam.vit.analysis import describe_flops
 from vitsam.vit.budget import TimeBudget
 from vitsam.vit.config import TrainConfig, eval_precision_name, from_dict, to_dict, to_json
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
-from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint
+from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint, view_count
 from vitsam.vit.loaders import DeviceLoader, Normalize, TextbookLoader, fits_on_device
 from vitsam.vit.model import ViT, count_parameters
 from vitsam.vit.optim import MuonAdamW, muon_split
@@ -96,7 +96,8 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 class Trainer:
-    """Holds one run's state; `run()` trains to cfg.epochs, resuming where it stopped."""
+    """Holds one run's state; `run()` trains to cfg.epochs (cfg.max_steps, when set, cuts
+    the last one short), resuming where it stopped."""
 
     def __init__(self, cfg: TrainConfig, data: Data | None = None, progress: bool = False):
         self.cfg = cfg
@@ -132,6 +133,8 @@ class Trainer:
                 f"batch size {cfg.batch_size} is larger than the {len(self.data.train)} "
                 "training images: lower --batch-size"
             )
+        if cfg.max_steps:  # the steps decide the epochs: the last one may be partial
+            cfg.epochs = math.ceil(cfg.max_steps / self.steps_per_epoch)
         self._cap_warmup()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -150,6 +153,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             test_images=len(self.eval_data),
             final_images=len(self.data.test) if self.data.val is not None else 0,
+            final_tta=cfg.tta_at_end and (cfg.tta_flip or cfg.tta_translate),
             started=self.started,
             dist=self.dist,
             device=self.device,
@@ -157,44 +161,62 @@ class Trainer:
 
     def _cap_warmup(self) -> None:
         cfg = self.cfg
-        if cfg.warmup_epochs >= cfg.epochs:
-            capped = cfg.epochs / 5
+        run_epochs = self.total_steps() / self.steps_per_epoch
+        if cfg.warmup_epochs >= run_epochs:
+            capped = run_epochs / 5
             log.warning(
-                "warmup of %g epochs is not shorter than the %d-epoch run: capped to %g "
+                "warmup of %g epochs is not shorter than the %g-epoch run: capped to %g "
                 "(a fifth of the run); set --warmup-epochs to choose",
                 cfg.warmup_epochs,
-                cfg.epochs,
+                run_epochs,
                 capped,
             )
             cfg.warmup_epochs = capped
 
-    def _time_eval(self, n: int) -> tuple[float, int]:
-        """Seconds to evaluate n images of the evaluation set (all, when fewer), and how
-        many: for the budget."""
+    def _time_eval(self, n: int, last: bool = False) -> tuple[float, int]:
+        """Seconds to evaluate n images of the evaluation set (all, when fewer) as every
+        epoch does, or as the last does when `last`, and how many: for the budget."""
         part = self.eval_data.subset(min(len(self.eval_data), n), seed=self.cfg.seed)
         t = time.perf_counter()
-        self._evaluate(part)
+        self._evaluate(part, last)
         return time.perf_counter() - t, len(part)
 
     def _wall_seconds(self) -> float:
         """The run's wall seconds so far, resumed parts included (metrics' `wall_seconds`)."""
         return round(self.wall_before + time.perf_counter() - self.started, 1)
 
-    def _evaluate(self, data: ArrayDataset):
-        cfg = self.cfg
+    def _evaluate(self, data: ArrayDataset, last: bool = False):
+        """Evaluate `data` as an epoch's evaluation does (the last one's when `last`)."""
+        flip, translate = self._tta(last)
         return evaluate(
             self.eval_model(),
             data,
             self.normalize,
             self.device,
             self.eval_dtype,
-            cfg.tta_flip,
-            tta_translate=cfg.tta_translate,
+            flip,
+            tta_translate=translate,
         )
 
-    def _set_epochs(self, epochs: int) -> None:
-        """The run's new length (the time budget's): kept in cfg and RUN/config.json."""
-        self.cfg.epochs = epochs
+    def _tta(self, last: bool) -> tuple[bool, bool]:
+        """(flip, translate) test-time augmentation of an epoch's evaluation: the run's, or
+        with cfg.tta_at_end none but in the last one (`last`)."""
+        on = last or not self.cfg.tta_at_end
+        return self.cfg.tta_flip and on, self.cfg.tta_translate and on
+
+    def _views(self, last: bool) -> int:
+        """Forward passes per image of an epoch's evaluation (the last one's when `last`)."""
+        return view_count(*self._tta(last))
+
+    def total_steps(self) -> int:
+        """The run's length in training steps: cfg.max_steps, else whole epochs."""
+        return self.cfg.max_steps or self.steps_per_epoch * self.cfg.epochs
+
+    def _set_steps(self, steps: int) -> None:
+        """The run's new length (the time budget's) in steps, the last epoch partial: kept
+        in cfg and RUN/config.json."""
+        self.cfg.max_steps = steps
+        self.cfg.epochs = math.ceil(steps / self.steps_per_epoch)
         if self.dist.is_main:
             self._write_config()
 
@@ -229,10 +251,11 @@ class Trainer:
         )
 
     def lr_factor(self, step: int) -> float:
-        """The schedule for cfg.epochs (read at every step, so extending a run rebuilds it)."""
+        """The schedule for the run's length (read at every step, so a run extended or
+        refitted follows its new length from the next step)."""
         cfg = self.cfg
         ratio = cfg.min_lr / cfg.lr if cfg.lr else 0.0
-        total = self.steps_per_epoch * cfg.epochs
+        total = self.total_steps()
         return lr_factor(step, self.warmup_steps(), total, ratio, cfg.schedule)
 
     def warmup_steps(self) -> int:
@@ -380,10 +403,12 @@ class Trainer:
                 self.sched.last_epoch, cfg.epochs, sync=loss_sum.item, time_eval=self._time_eval
             )
             if fitted is not None:
-                self._set_epochs(fitted)
+                self._set_steps(fitted)
                 self._cap_warmup()
                 if progress:
                     bar.set_description(f"epoch {self.epoch + 1}/{cfg.epochs}")
+            if self.sched.last_epoch >= self.total_steps():  # the run ends in this epoch
+                break
             m = augment.mix(
                 x,
                 y,
@@ -466,7 +491,8 @@ class Trainer:
                 )
             t1 = time.perf_counter()
             seconds = t1 - t0
-            result = self._evaluate(self.eval_data)
+            last = self.epoch + 1 >= cfg.epochs
+            result = self._evaluate(self.eval_data, last)
             self.epoch += 1
             name = self.eval_name
             row = {
@@ -479,6 +505,7 @@ class Trainer:
                 "epoch_seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t1, 3),
+                "eval_views": self._views(last),
                 # since the run started (data loading included; a resumed run adds its time)
                 "wall_seconds": self._wall_seconds(),
                 "eval_precision": str(self.eval_dtype).replace("torch.", ""),
@@ -486,17 +513,27 @@ class Trainer:
             # before the checkpoint: a run that the budget ends now resumes as ended
             refitted = self.budget.after_epoch(
                 done=self.epoch,
-                epochs=cfg.epochs,
                 steps=self.sched.last_epoch,
-                in_warmup=self.sched.last_epoch <= self.warmup_steps(),
+                total_steps=self.total_steps(),
                 train_s=seconds,
                 train_ended=t1,
                 eval_s=row["eval_seconds"],
             )
             if refitted is not None:
-                self._set_epochs(refitted)
+                self._set_steps(max(refitted, self.sched.last_epoch))
+            if self.epoch >= cfg.epochs and not last and self._views(True) != row["eval_views"]:
+                # the budget ended the run an epoch early: its last evaluation, with TTA
+                result = self._evaluate(self.eval_data, last=True)
+                row.update(
+                    {
+                        f"{name}_loss": round(result.loss, 6),
+                        f"{name}_acc": round(result.accuracy, 6),
+                    }
+                )
+                row["eval_views"] = self._views(True)
+                row["wall_seconds"] = self._wall_seconds()
             if name == "val" and self.epoch >= cfg.epochs:  # the test set, once, to report
-                test = self._evaluate(self.data.test)
+                test = self._evaluate(self.data.test, last=True)
                 row.update(test_loss=round(test.loss, 6), test_acc=round(test.accuracy, 6))
                 row["wall_seconds"] = self._wall_seconds()
             self.history.append(row)
@@ -507,7 +544,8 @@ class Trainer:
                     f.write(json.dumps(row) + "\n")
                 if improved:
                     save_atomic(
-                        self.weights_checkpoint(**{f"{name}_acc": result.accuracy}), self.out / "best.pt"
+                        self.weights_checkpoint(**{f"{name}_acc": result.accuracy}),
+                        self.out / "best.pt",
                     )
                 save_atomic(self.state(), self.out / "last.pt")
                 # a redraw takes ~0.1 s, which adds up over short GPU epochs: at most every 10 s
@@ -539,7 +577,7 @@ def train(cfg: TrainConfig, progress: bool = False, on_epoch_end=None) -> list[d
 
 # Fields a resumed run may change: where and how fast it runs, and its length.
 RESUMABLE_FIELDS = frozenset(
-    {"device", "precision", "eval_precision", "workers", "compile", "epochs"}
+    {"device", "precision", "eval_precision", "workers", "compile", "epochs", "max_steps"}
 )
 
 
@@ -572,6 +610,8 @@ def resume(
         )
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    if "epochs" in overrides and "max_steps" not in overrides:
+        cfg.max_steps = 0  # whole epochs: a budget's cut-short last epoch no longer stands
     if cfg.epochs != state["config"]["epochs"]:
         log.info(
             "the run was planned for %d epochs, now %d: its learning-rate schedule is rebuilt "
