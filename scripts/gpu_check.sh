@@ -34,6 +34,7 @@ mkdir -p "$OUT"
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(speedrun fast seed best bench bf16)
 SPEEDRUN_MINUTES=${SPEEDRUN_MINUTES:-1}
+SPEEDRUN_SEEDS=(0 1 2)
 
 {
   date -u
@@ -53,7 +54,7 @@ for stage in "${stages[@]}"; do
     cp "runs/gpu-$stage/metrics.jsonl" "$OUT/$stage.metrics.jsonl" 2>/dev/null
     ;;
   speedrun)  # three seeds of one minute each, whole command timed
-    for seed in 0 1 2; do
+    for seed in "${SPEEDRUN_SEEDS[@]}"; do
       rm -rf "runs/gpu-speedrun-$seed"
       start=$(date +%s.%N)
       # shellcheck disable=SC2086
@@ -86,7 +87,7 @@ runs=()
 for stage in "${stages[@]}"; do
   [[ $stage =~ ^(fast|seed|best)$ && -s runs/gpu-$stage/metrics.jsonl ]] && runs+=("runs/gpu-$stage")
   if [ "$stage" = speedrun ]; then
-    for seed in 0 1 2; do
+    for seed in "${SPEEDRUN_SEEDS[@]}"; do
       [ -s "runs/gpu-speedrun-$seed/metrics.jsonl" ] && runs+=("runs/gpu-speedrun-$seed")
     done
   fi

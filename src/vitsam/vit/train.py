@@ -134,7 +134,7 @@ class Trainer:
                 "training images: lower --batch-size"
             )
         if cfg.max_steps:  # the steps decide the epochs: the last one may be partial
-            cfg.epochs = math.ceil(cfg.max_steps / self.steps_per_epoch)
+            cfg.epochs = self._epochs_of(cfg.max_steps)
         self._cap_warmup()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -153,7 +153,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             test_images=len(self.eval_data),
             final_images=len(self.data.test) if self.data.val is not None else 0,
-            final_tta=cfg.tta_at_end and (cfg.tta_flip or cfg.tta_translate),
+            final_tta=self._views(True) != self._views(False),
             started=self.started,
             dist=self.dist,
             device=self.device,
@@ -212,11 +212,15 @@ class Trainer:
         """The run's length in training steps: cfg.max_steps, else whole epochs."""
         return self.cfg.max_steps or self.steps_per_epoch * self.cfg.epochs
 
+    def _epochs_of(self, steps: int) -> int:
+        """Epochs that `steps` training steps span, the last one partial."""
+        return math.ceil(steps / self.steps_per_epoch)
+
     def _set_steps(self, steps: int) -> None:
         """The run's new length (the time budget's) in steps, the last epoch partial: kept
         in cfg and RUN/config.json."""
         self.cfg.max_steps = steps
-        self.cfg.epochs = math.ceil(steps / self.steps_per_epoch)
+        self.cfg.epochs = self._epochs_of(steps)
         if self.dist.is_main:
             self._write_config()
 
@@ -520,7 +524,7 @@ class Trainer:
                 eval_s=row["eval_seconds"],
             )
             if refitted is not None:
-                self._set_steps(max(refitted, self.sched.last_epoch))
+                self._set_steps(refitted)  # never fewer than the steps taken
             if self.epoch >= cfg.epochs and not last and self._views(True) != row["eval_views"]:
                 # the budget ended the run an epoch early: its last evaluation, with TTA
                 result = self._evaluate(self.eval_data, last=True)
