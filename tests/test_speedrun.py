@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
+from vitsam.errors import VitsamError
 from vitsam.vit import train as training
 from vitsam.vit.analysis import flops_split
 from vitsam.vit.config import ModelConfig, preset
 from vitsam.vit.data import make_shapes
 from vitsam.vit.evaluate import logits_of
-from vitsam.vit.model import ViT, count_parameters, mimetic_init_
+from vitsam.vit.model import WHITEN_IMAGES, ViT, count_parameters, mimetic_init_, whiten_init_
 
 
 def test_speedrun_preset_is_a_transformer_by_the_flops_rule():
@@ -59,6 +60,63 @@ def test_mimetic_init_has_its_closed_form():
     qk, vo = _products(attn, d)
     torch.testing.assert_close(qk, 0.7 * eye, atol=1e-5, rtol=0)
     torch.testing.assert_close(vo, -0.4 * eye, atol=1e-5, rtol=0)
+
+
+def _smooth_images(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, 16, 16) images whose neighbouring pixels and channels correlate, as photos do."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 20, 20, generator=g)
+    x = torch.nn.functional.avg_pool2d(x, 5, stride=1)  # (n, 3, 16, 16), blurred
+    return x + 0.5 * x.mean(dim=1, keepdim=True)  # and the channels share a part
+
+
+def test_whitening_init_gives_the_top_principal_directions_with_unit_variance():
+    images = _smooth_images(200)
+    conv = torch.nn.Conv2d(3, 32, 3, padding=1, bias=False)
+    whiten_init_(conv, images, eps=0.0)
+    w = conv.weight.detach()
+    torch.testing.assert_close(w[16:], -w[:16])  # each filter twice, +v and -v
+    # the patch covariance, summed here in another way: one 3 x 3 offset at a time
+    patches = torch.stack(
+        [images[:, :, i : i + 3, j : j + 3] for i in range(14) for j in range(14)], dim=1
+    ).reshape(-1, 27)
+    cov = (patches.T @ patches).double() / len(patches)
+    eigenvalues = torch.linalg.eigvalsh(cov).flip(0)  # largest first
+    # each filter's response: unit variance, uncorrelated with the others
+    response = patches.double() @ w[:16].reshape(16, 27).T.double()
+    second_moment = response.T @ response / len(response)
+    torch.testing.assert_close(second_moment, torch.eye(16, dtype=torch.float64), atol=1e-4, rtol=0)
+    # ... and along the 16 directions of largest variance, in order
+    directions = torch.nn.functional.normalize(w[:16].reshape(16, 27).double(), dim=1)
+    captured = (directions @ cov * directions).sum(dim=1)
+    torch.testing.assert_close(captured, eigenvalues[:16], rtol=1e-4, atol=0)
+
+
+def test_whitening_init_keeps_filters_beyond_the_patch_dimensions_and_rejects_bad_images():
+    conv = torch.nn.Conv2d(1, 6, 1, bias=True)  # 1 dimension per patch: one +v, -v pair
+    before = conv.weight.detach().clone()
+    whiten_init_(conv, 3 * torch.randn(50, 1, 8, 8))
+    assert conv.weight[0].item() == pytest.approx(-conv.weight[1].item())
+    assert conv.weight[0].abs().item() == pytest.approx(1 / 3, rel=0.05)  # 1 / std
+    torch.testing.assert_close(conv.weight[2:], before[2:])
+    assert conv.bias[:2].tolist() == [0.0, 0.0]
+    with pytest.raises(VitsamError, match="at least 1x1"):
+        whiten_init_(conv, torch.randn(4, 3, 8, 8))  # 3 channels for a 1-channel conv
+    with pytest.raises(VitsamError, match="--tokenizer conv"):
+        ModelConfig(stem_init="whiten")  # the patch embedding has no conv stem
+
+
+def test_whitening_init_is_set_from_the_runs_own_training_images(tmp_path):
+    cfg = tiny_config(tmp_path, precision="fp32")
+    cfg.model.tokenizer, cfg.model.stem_init = "conv", "whiten"
+    trainer = training.Trainer(cfg)
+    stem = trainer.model.patch_embed.stem
+    expected = torch.nn.Conv2d(3, stem.out_channels, 3, padding=1, bias=False)
+    images = trainer.data.train.images[:WHITEN_IMAGES]
+    whiten_init_(expected, trainer.normalize(images))
+    torch.testing.assert_close(stem.weight, expected.weight)
+    history = trainer.run()
+    assert len(history) == 2 and history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_validation_split_is_held_out_of_training_and_never_the_test_set(tmp_path):

@@ -27,6 +27,7 @@ class ModelConfig:
     pool: str = "cls"  # "cls" token or "mean" of patch tokens
     attn_impl: str = "auto"  # "sdpa" (fused), "plain" (softmax(q k^T) v) or "auto" per device
     attn_init: str = "default"  # "default" (truncated normal) or "mimetic" (Trockman & Kolter)
+    stem_init: str = "default"  # first conv: "default" (He normal) or "whiten" (patch PCA)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -50,6 +51,13 @@ class ModelConfig:
             raise VitsamError(f"unknown attn_impl {self.attn_impl!r}: choose auto, sdpa or plain")
         if self.attn_init not in ("default", "mimetic"):
             raise VitsamError(f"unknown attn_init {self.attn_init!r}: choose default or mimetic")
+        if self.stem_init not in ("default", "whiten"):
+            raise VitsamError(f"unknown stem_init {self.stem_init!r}: choose default or whiten")
+        if self.stem_init == "whiten" and self.tokenizer != "conv":
+            raise VitsamError(
+                "stem_init whiten sets the first conv of the conv tokenizer: "
+                "add --tokenizer conv, or leave --stem-init default"
+            )
 
 
 OPTIMIZERS = ("adamw", "sgd", "muon")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitsam.errors import VitsamError
 from vitsam.vit.config import ModelConfig
 
 
@@ -52,6 +53,11 @@ class ConvTokenizer(nn.Module):
             c = w
         self.stages = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
+
+    @property
+    def stem(self) -> nn.Conv2d:
+        """The first convolution, the one that sees the pixels."""
+        return self.stages[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels-last (B, H, W, C) in memory: oneDNN's and cuDNN's fast layout for these
@@ -291,6 +297,52 @@ def _factor(alpha: float, beta: float, d: int, like: torch.Tensor):
     u, s, vh = torch.linalg.svd(alpha * z + beta * torch.eye(d))
     root = s.sqrt()
     return (u * root).to(like), (root[:, None] * vh).to(like)
+
+
+WHITEN_EPS = 5e-4  # added to the eigenvalues, as in airbench94
+WHITEN_IMAGES = 5000  # training images the patch covariance is estimated on (airbench94)
+
+
+@torch.no_grad()
+def whiten_init_(conv: nn.Conv2d, images: torch.Tensor, eps: float = WHITEN_EPS) -> None:
+    """Whitening initialisation of the first convolution, in place, from training images.
+
+    As in airbench (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024;
+    after tysam-code's hlb-CIFAR10): with Σ = V diag(λ) Vᵀ the (uncentred) covariance of
+    the k x k x C patches of `images`, each filter is an eigenvector scaled by
+    1 / sqrt(λ + eps), so the filters' responses are decorrelated with unit variance on
+    the data, and each comes twice, +v and -v, so the ReLU after it keeps both signs.
+    The conv here has fewer pairs than the patch has dimensions (32 filters, 27
+    dimensions for 3 x 3 x 3), so it takes the `out_channels // 2` eigenvectors of largest
+    λ (the low frequencies); filters left over, if any, keep their init. Unlike airbench
+    the weights stay trainable: the BatchNorm after this conv normalises each filter's
+    response anyway, so what the init gives is the directions.
+
+    conv: (out, C, k, k) weights; images: (N, C, H, W) float, normalised as the model sees
+    them (H, W >= k). The covariance is summed in float64 over chunks of 500 images.
+    """
+    out, c, kh, kw = conv.weight.shape
+    if images.ndim != 4 or images.shape[1] != c or min(images.shape[-2:]) < max(kh, kw):
+        raise VitsamError(
+            f"whitening needs (N, {c}, H, W) images of at least {kh}x{kw} pixels, "
+            f"got {tuple(images.shape)}"
+        )
+    dim = c * kh * kw
+    cov = torch.zeros(dim, dim, dtype=torch.float64)
+    count = 0
+    for chunk in images.split(500):
+        patches = F.unfold(chunk.float().cpu(), (kh, kw))  # (n, dim, L)
+        patches = patches.transpose(1, 2).reshape(-1, dim)  # (n * L, dim)
+        cov += (patches.T @ patches).double()
+        count += len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov / count)  # ascending
+    pairs = min(out // 2, dim)
+    top = eigenvectors[:, -pairs:].flip(1).T  # (pairs, dim), largest eigenvalue first
+    scaled = top / (eigenvalues[-pairs:].flip(0)[:, None] + eps).sqrt()
+    filters = scaled.reshape(pairs, c, kh, kw)
+    conv.weight[: 2 * pairs] = torch.cat([filters, -filters]).to(conv.weight)
+    if conv.bias is not None:
+        conv.bias[: 2 * pairs] = 0
 
 
 def count_parameters(model: nn.Module) -> int:

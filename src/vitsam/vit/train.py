@@ -25,7 +25,7 @@ from vitsam.vit.config import TrainConfig, eval_precision_name, from_dict, to_di
 from vitsam.vit.data import TORCHVISION, ArrayDataset, load_dataset
 from vitsam.vit.evaluate import autocast, evaluate, read_checkpoint, view_count
 from vitsam.vit.loaders import DeviceLoader, Normalize, TextbookLoader, fits_on_device
-from vitsam.vit.model import ViT, count_parameters
+from vitsam.vit.model import WHITEN_IMAGES, ViT, count_parameters, whiten_init_
 from vitsam.vit.optim import MuonAdamW, muon_split
 from vitsam.vit.plots import plot_curves
 
@@ -119,6 +119,9 @@ class Trainer:
         self.eval_name = "val" if self.data.val is not None else "test"
         self.eval_data = self.data.val if self.data.val is not None else self.data.test
         self.model = ViT(cfg.model).to(self.device)
+        if cfg.model.stem_init == "whiten":  # from the data, so here and not in ViT()
+            cpu = Normalize(self.data.mean, self.data.std, torch.device("cpu"))
+            whiten_init_(self.model.patch_embed.stem, cpu(self.data.train.images[:WHITEN_IMAGES]))
         attn = cfg.model.attn_impl
         if attn == "auto":  # the CPU's fused-attention backward is slow at these sizes
             attn = "plain" if self.device.type == "cpu" else "sdpa"
