@@ -95,7 +95,8 @@ def test_sweep_expands_runs_skips_finished_and_resumes_partial(tmp_path, monkeyp
         "params",
         "flops_per_image",
         "images_per_second",
-        "best_test_acc",
+        "best_acc",
+        "final_acc",
         "final_test_acc",
     ):
         assert all(float(t[key]) > 0 for t in table), key
@@ -125,6 +126,23 @@ def test_a_budgeted_sweep_run_is_done_at_the_length_it_fixed(tmp_path):
     (run / "metrics.jsonl").write_text("{}\n" * 13)
     (run / "config.json").write_text('{"epochs": 13, "time_budget": 0}')
     assert run_state(run, 22) == "partial"
+    # --max-steps also fixes the length: 13 epochs, the last one cut short
+    (run / "config.json").write_text('{"epochs": 13, "time_budget": 0, "max_steps": 5000}')
+    assert run_state(run, 22) == "done"
+
+
+def test_a_sweep_on_the_validation_split_is_judged_there(tmp_path):
+    spec = SweepSpec(preset="quick", base={**TINY, "epochs": 2, "val_split": 100},
+                     grid={"label_smoothing": [0.0, 0.2]})  # fmt: skip
+    rows = sweep(spec, tmp_path / "sweep")
+    for r in rows:
+        assert r["evaluated_on"] == "val"
+        assert r["best_acc"] == max(h["val_acc"] for h in r["history"])
+        assert r["final_acc"] == r["history"][-1]["val_acc"]
+        assert r["final_test_acc"] == r["history"][-1]["test_acc"]  # reported, not judged on
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "| evaluated_on | best_acc | final_acc | final_test_acc |" in report
+    assert (tmp_path / "sweep" / "curves_label_smoothing.png").exists()
 
 
 def test_sweep_flags_and_bad_fields(tmp_path, capsys):

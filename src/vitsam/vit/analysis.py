@@ -24,6 +24,7 @@ from vitsam.vit.config import (
     preset,
 )
 from vitsam.vit.model import ViT, count_parameters
+from vitsam.vit.plots import evaluated_on
 
 log = logging.getLogger("vitsam")
 
@@ -202,7 +203,8 @@ def run_state(run_dir: Path, epochs: int) -> str:
     """'done', 'partial' (resumable) or 'new'.
 
     `epochs` is the spec's; a run that wrote its own length (a --time-budget run fixes its
-    epochs on the machine at hand and records them in config.json) is done at that length.
+    epochs on the machine at hand, a --max-steps run from its steps, and each records them
+    in config.json) is done at that length.
     """
     metrics = run_dir / "metrics.jsonl"
     if not (run_dir / "last.pt").exists():
@@ -210,7 +212,7 @@ def run_state(run_dir: Path, epochs: int) -> str:
     saved = run_dir / "config.json"
     if saved.exists():
         recorded = json.loads(saved.read_text())
-        if recorded.get("time_budget"):
+        if recorded.get("time_budget") or recorded.get("max_steps"):
             epochs = recorded["epochs"]
     done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     return "done" if done >= epochs else "partial"
@@ -240,8 +242,15 @@ def sweep(spec: SweepSpec, out: str | Path, progress: bool = False) -> list[dict
 
 
 def summarize(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """One result row of a finished run: its varied `values`, size, speed and accuracy.
+
+    `best_acc` and `final_acc` are on what its epochs were evaluated on (`evaluated_on`:
+    "val" for a run with --val-split, whose recipe choices are judged there, else "test");
+    `final_test_acc` is the test set's after the last epoch, which every run reports.
+    """
     cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    key = f"{evaluated_on(history)}_acc"
     return {
         "run": run_dir.name,
         **values,
@@ -249,7 +258,9 @@ def summarize(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
         "flops_per_image": flops_per_image(cfg.model),
         "images_per_second": round(sum(r["images_per_second"] for r in history) / len(history), 1),
         "wall_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
-        "best_test_acc": max(r["test_acc"] for r in history),
+        "evaluated_on": evaluated_on(history),
+        "best_acc": max(r[key] for r in history),
+        "final_acc": history[-1][key],
         "final_test_acc": history[-1]["test_acc"],
         "epochs": len(history),
         "history": history,
@@ -262,8 +273,9 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> None:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows([{k: r[k] for k in columns} for r in rows])
-    axes = [k for k in columns if k not in ("run", "params", "flops_per_image", "images_per_second",
-                                            "wall_seconds", "best_test_acc", "final_test_acc", "epochs")]  # fmt: skip
+    measured = ("run", "params", "flops_per_image", "images_per_second", "wall_seconds",
+                "evaluated_on", "best_acc", "final_acc", "final_test_acc", "epochs")  # fmt: skip
+    axes = [k for k in columns if k not in measured]
     plot_sweep(rows, axes, out)
     lines = ["# Sweep report", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
@@ -281,15 +293,16 @@ def plot_sweep(rows: list[dict[str, Any]], axes: list[str], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    on = " / ".join(sorted({"validation" if r["evaluated_on"] == "val" else "test" for r in rows}))
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
-        a.scatter(r["flops_per_image"] / 1e6, r["best_test_acc"])
-        a.annotate(r["run"], (r["flops_per_image"] / 1e6, r["best_test_acc"]), fontsize=7)
-        b.scatter(r["wall_seconds"], r["best_test_acc"])
-        b.annotate(r["run"], (r["wall_seconds"], r["best_test_acc"]), fontsize=7)
-    a.set(xlabel="forward MFLOPs per image", ylabel="best test accuracy", xscale="log")
+        a.scatter(r["flops_per_image"] / 1e6, r["best_acc"])
+        a.annotate(r["run"], (r["flops_per_image"] / 1e6, r["best_acc"]), fontsize=7)
+        b.scatter(r["wall_seconds"], r["best_acc"])
+        b.annotate(r["run"], (r["wall_seconds"], r["best_acc"]), fontsize=7)
+    a.set(xlabel="forward MFLOPs per image", ylabel=f"best {on} accuracy", xscale="log")
     a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
-    b.set(xlabel="training wall time (s)", ylabel="best test accuracy")
+    b.set(xlabel="training wall time (s)", ylabel=f"best {on} accuracy")
     for ax in (a, b):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -299,10 +312,9 @@ def plot_sweep(rows: list[dict[str, Any]], axes: list[str], out: Path) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in rows:
             ep = [h["epoch"] for h in r["history"]]
-            ax.plot(
-                ep, [h["test_acc"] for h in r["history"]], label=f"{axis}={r[axis]} ({r['run']})"
-            )
-        ax.set(xlabel="epoch", ylabel="test accuracy", title=f"learning curves by {axis}")
+            acc = [h[f"{r['evaluated_on']}_acc"] for h in r["history"]]
+            ax.plot(ep, acc, label=f"{axis}={r[axis]} ({r['run']})")
+        ax.set(xlabel="epoch", ylabel=f"{on} accuracy", title=f"learning curves by {axis}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
         fig.tight_layout()
