@@ -7,7 +7,9 @@ accuracy first reached the target, and the final and best test accuracy. Runs wi
 validation split (`--val-split`) are judged per epoch on it and report the test set once,
 at the end. `--plot` draws accuracy against wall minutes for all runs on one figure;
 `--anchors` adds the published CIFAR-10 speedrun points (each labelled with its hardware)
-on a log time axis.
+on a log time axis. Runs named NAME-seedN are then summarised together, one row per NAME:
+the mean, sample standard deviation and range of their final accuracies over the seeds
+(speedrun records are reported as means over runs, as airbench does).
 
 With `--train`, it first trains each named preset with the same `--time-budget` on the
 same dataset, one after the other (never two at once: they would slow each other), and
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import subprocess
 import sys
 import time
@@ -77,6 +81,40 @@ def summarize(run_dir: Path, target: float) -> dict:
         "best": max(r[key] for r in rows),
         "images_per_second": sorted(r["images_per_second"] for r in rows)[len(rows) // 2],
     }
+
+
+def seed_groups(summaries: list[dict]) -> list[dict]:
+    """Runs named NAME-seedN (or NAME_seedN) grouped by NAME, in first-seen order.
+
+    Each group: its `name`, `seeds` (N of each run), the `final` and `final_test`
+    accuracies as `mean`, `sd` (sample standard deviation, 0 for one seed) and `min`/`max`,
+    `wall_s` mean and `reached_s` (the mean minute of reaching the target, None unless
+    every seed reached it). Runs without a seed suffix are left out.
+    """
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for s in summaries:
+        m = re.fullmatch(r"(.+?)[-_]seed(\d+)", s["run"])
+        if m:
+            groups.setdefault(m[1], []).append((int(m[2]), s))
+
+    def spread(values: list[float]) -> dict:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values)}
+
+    out = []
+    for name, members in groups.items():
+        runs = [s for _, s in members]
+        tests = [s["final_test"] for s in runs if s["final_test"] is not None]
+        reached = [s["reached"][1] for s in runs if s["reached"]]
+        out.append({
+            "name": name,
+            "seeds": [n for n, _ in members],
+            "final": spread([s["final"] for s in runs]),
+            "final_test": spread(tests) if len(tests) == len(runs) else None,
+            "wall_s": statistics.fmean(s["wall_s"] for s in runs),
+            "reached_s": statistics.fmean(reached) if len(reached) == len(runs) else None,
+        })  # fmt: skip
+    return out
 
 
 def plot(runs: list[Path], target: float, path: Path, title: str, anchors: bool = False) -> None:
@@ -151,8 +189,8 @@ def main() -> None:
         f"| reached {args.target:.2%} at | final | best | final test | median train images/s |"
         "\n|---|---|---|---|---|---|---|---|---|---|"
     )
-    for run in runs:
-        s = summarize(run, args.target)
+    summaries = [summarize(run, args.target) for run in runs]
+    for s in summaries:
         reached = (
             f"epoch {s['reached'][0]}, {s['reached'][1] / 60:.1f} min"
             if s["reached"]
@@ -163,6 +201,20 @@ def main() -> None:
             f"| {s['run']} | {s['on']} | {s['epochs']} | {s['wall_s'] / 60:.1f} "
             f"| {s['eval_s'] / 60:.1f} | {reached} | {s['final']:.2%} | {s['best']:.2%} "
             f"| {test} | {s['images_per_second']:.0f} |"
+        )
+    groups = seed_groups(summaries)
+    if groups:
+        print(
+            f"\n| runs | seeds | final: mean ± sd | range | reached {args.target:.2%} at (mean) "
+            "| wall min (mean) |\n|---|---|---|---|---|---|"
+        )
+    for g in groups:
+        f = g["final_test"] or g["final"]  # the test set where each run reported it
+        reached = "-" if g["reached_s"] is None else f"{g['reached_s'] / 60:.1f} min"
+        print(
+            f"| {g['name']} | {', '.join(map(str, g['seeds']))} "
+            f"| {f['mean']:.2%} ± {f['sd']:.2%} | {f['min']:.2%}-{f['max']:.2%} "
+            f"| {reached} | {g['wall_s'] / 60:.1f} |"
         )
     if args.plot:
         title = f"CIFAR-10 accuracy against time\n{cpu}"

@@ -191,3 +191,39 @@ def test_speedrun_levers_resume_exactly_and_report_the_test_set_once(tmp_path):
     resumed = training.resume(cfg.out)
     strip = lambda rows: [{k: v for k, v in r.items() if "second" not in k} for r in rows]  # noqa: E731
     assert strip(resumed) == strip(full)
+
+
+def _time_to_accuracy():
+    """benchmarks/time_to_accuracy.py, imported from its file (benchmarks/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_headline_runs_are_summarised_over_their_seeds(tmp_path):
+    import json
+
+    bench = _time_to_accuracy()
+    finals = {"speedrun-20min-seed0": 0.84, "speedrun-20min-seed1": 0.83,
+              "speedrun-20min-seed2": 0.86, "fast-10min": 0.80}  # fmt: skip
+    for name, acc in finals.items():
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"epoch": 1, "test_acc": 0.7, "wall_seconds": 500.0, "epoch_seconds": 480.0,
+                 "images_per_second": 400.0},
+                {"epoch": 2, "test_acc": acc, "wall_seconds": 1190.0, "epoch_seconds": 480.0,
+                 "images_per_second": 400.0}]  # fmt: skip
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summaries = [bench.summarize(tmp_path / name, 0.8081) for name in finals]
+    (group,) = bench.seed_groups(summaries)  # the run without a seed is not a group
+    assert group["name"] == "speedrun-20min" and group["seeds"] == [0, 1, 2]
+    final = group["final_test"]
+    assert final["mean"] == pytest.approx((0.84 + 0.83 + 0.86) / 3)
+    assert final["sd"] == pytest.approx(0.01527525, rel=1e-6)  # sample sd of 84, 83, 86
+    assert (final["min"], final["max"]) == (0.83, 0.86)
+    assert group["reached_s"] == pytest.approx(1190.0) and group["wall_s"] == 1190.0
