@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from vitsam.vit.analysis import (
 )
 from vitsam.vit.config import ModelConfig
 from vitsam.vit.model import ViT
+
+SWEEPS = Path(__file__).resolve().parents[1] / "docs" / "sweeps"
 
 
 def test_flops_match_a_hand_count():
@@ -129,6 +132,12 @@ def test_a_budgeted_sweep_run_is_done_at_the_length_it_fixed(tmp_path):
     # --max-steps also fixes the length: 13 epochs, the last one cut short
     (run / "config.json").write_text('{"epochs": 13, "time_budget": 0, "max_steps": 5000}')
     assert run_state(run, 22) == "done"
+
+
+@pytest.mark.parametrize("spec", sorted(SWEEPS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_documented_sweep_spec_builds_valid_configs(spec):
+    runs = SweepSpec.load(spec).runs()  # an unknown field or value raises here
+    assert runs and len({name for name, _, _ in runs}) == len(runs)
 
 
 def test_a_sweep_on_the_validation_split_is_judged_there(tmp_path):
