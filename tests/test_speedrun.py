@@ -1,6 +1,10 @@
 """The speedrun preset and its levers: Muon, mimetic init, alternating flips, translate
 TTA and the validation split that recipe choices are made on."""
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,7 +12,7 @@ from tests.conftest import tiny_config
 from vitsam.errors import VitsamError
 from vitsam.vit import train as training
 from vitsam.vit.analysis import flops_split
-from vitsam.vit.config import ModelConfig, preset
+from vitsam.vit.config import ModelConfig, from_dict, preset
 from vitsam.vit.data import make_shapes
 from vitsam.vit.evaluate import logits_of
 from vitsam.vit.model import WHITEN_IMAGES, ViT, count_parameters, mimetic_init_, whiten_init_
@@ -195,9 +199,6 @@ def test_speedrun_levers_resume_exactly_and_report_the_test_set_once(tmp_path):
 
 def _time_to_accuracy():
     """benchmarks/time_to_accuracy.py, imported from its file (benchmarks/ is no package)."""
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
     spec = importlib.util.spec_from_file_location("time_to_accuracy", path)
     module = importlib.util.module_from_spec(spec)
@@ -206,8 +207,6 @@ def _time_to_accuracy():
 
 
 def test_headline_runs_are_summarised_over_their_seeds(tmp_path):
-    import json
-
     bench = _time_to_accuracy()
     finals = {"speedrun-20min-seed0": 0.84, "speedrun-20min-seed1": 0.83,
               "speedrun-20min-seed2": 0.86, "fast-10min": 0.80}  # fmt: skip
@@ -227,3 +226,15 @@ def test_headline_runs_are_summarised_over_their_seeds(tmp_path):
     assert final["sd"] == pytest.approx(0.01527525, rel=1e-6)  # sample sd of 84, 83, 86
     assert (final["min"], final["max"]) == (0.83, 0.86)
     assert group["reached_s"] == pytest.approx(1190.0) and group["wall_s"] == 1190.0
+
+
+def test_the_kept_headline_runs_read_and_name_their_command():
+    bench = _time_to_accuracy()
+    runs = sorted((Path(__file__).resolve().parents[1] / "docs" / "runs").iterdir())
+    assert runs, "docs/runs holds the headline runs"
+    for run in runs:
+        config = from_dict(json.loads((run / "config.json").read_text()))
+        assert config.out == f"runs/{run.name}"  # as the README's command writes it
+        assert f"--out runs/{run.name}" in (run / "README.md").read_text()
+        s = bench.summarize(run, 0.8081)
+        assert s["final_test"] is not None and s["epochs"] == config.epochs
