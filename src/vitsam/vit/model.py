@@ -314,9 +314,10 @@ def whiten_init_(conv: nn.Conv2d, images: torch.Tensor, eps: float = WHITEN_EPS)
     the data, and each comes twice, +v and -v, so the ReLU after it keeps both signs.
     The conv here has fewer pairs than the patch has dimensions (32 filters, 27
     dimensions for 3 x 3 x 3), so it takes the `out_channels // 2` eigenvectors of largest
-    λ (the low frequencies); filters left over, if any, keep their init. Unlike airbench
-    the weights stay trainable: the BatchNorm after this conv normalises each filter's
-    response anyway, so what the init gives is the directions.
+    λ (the low frequencies); filters left over, if any, keep their init. airbench's
+    whitening conv is 2 x 2, frozen, with a bias and no BatchNorm after it; here the 3 x 3
+    stem stays trainable and keeps its BatchNorm, which normalises each filter's response
+    anyway, so what this init gives is the directions.
 
     conv: (out, C, k, k) weights; images: (N, C, H, W) float, normalised as the model sees
     them (H, W >= k). The covariance is summed in float64 over chunks of 500 images.
