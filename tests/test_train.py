@@ -70,6 +70,8 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path, loader):
     assert len(lines) == 3
 
 
+# the test replaces optimizer.step after the scheduler wrapped it, which torch warns of
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_interrupt_mid_epoch_saves_weights(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path)
     trainer = training.Trainer(cfg)
