@@ -17,6 +17,8 @@ from vitsam.vit.data import make_shapes
 from vitsam.vit.evaluate import logits_of
 from vitsam.vit.model import WHITEN_IMAGES, ViT, count_parameters, mimetic_init_, whiten_init_
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
 
 def test_speedrun_preset_is_a_transformer_by_the_flops_rule():
     cfg = preset("speedrun")
@@ -199,7 +201,7 @@ def test_speedrun_levers_resume_exactly_and_report_the_test_set_once(tmp_path):
 
 def _time_to_accuracy():
     """benchmarks/time_to_accuracy.py, imported from its file (benchmarks/ is no package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
+    path = ROOT / "benchmarks" / "time_to_accuracy.py"
     spec = importlib.util.spec_from_file_location("time_to_accuracy", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -230,7 +232,7 @@ def test_headline_runs_are_summarised_over_their_seeds(tmp_path):
 
 def test_the_kept_headline_runs_read_and_name_their_command():
     bench = _time_to_accuracy()
-    runs = sorted((Path(__file__).resolve().parents[1] / "docs" / "runs").iterdir())
+    runs = sorted((ROOT / "docs" / "runs").iterdir())
     assert runs, "docs/runs holds the headline runs"
     for run in runs:
         config = from_dict(json.loads((run / "config.json").read_text()))

@@ -250,7 +250,8 @@ def summarize(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
     """
     cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    key = f"{evaluated_on(history)}_acc"
+    on = evaluated_on(history)
+    key = f"{on}_acc"
     return {
         "run": run_dir.name,
         **values,
@@ -258,7 +259,7 @@ def summarize(run_dir: Path, values: dict[str, Any]) -> dict[str, Any]:
         "flops_per_image": flops_per_image(cfg.model),
         "images_per_second": round(sum(r["images_per_second"] for r in history) / len(history), 1),
         "wall_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
-        "evaluated_on": evaluated_on(history),
+        "evaluated_on": on,
         "best_acc": max(r[key] for r in history),
         "final_acc": history[-1][key],
         "final_test_acc": history[-1]["test_acc"],

@@ -118,10 +118,11 @@ class Trainer:
         # there is one, the test set then evaluated once, after the last epoch
         self.eval_name = "val" if self.data.val is not None else "test"
         self.eval_data = self.data.val if self.data.val is not None else self.data.test
+        self.normalize = Normalize(self.data.mean, self.data.std, self.device)
         self.model = ViT(cfg.model).to(self.device)
         if cfg.model.stem_init == "whiten":  # from the data, so here and not in ViT()
-            cpu = Normalize(self.data.mean, self.data.std, torch.device("cpu"))
-            whiten_init_(self.model.patch_embed.stem, cpu(self.data.train.images[:WHITEN_IMAGES]))
+            images = self.data.train.images[:WHITEN_IMAGES].to(self.device)
+            whiten_init_(self.model.patch_embed.stem, self.normalize(images))
         attn = cfg.model.attn_impl
         if attn == "auto":  # the CPU's fused-attention backward is slow at these sizes
             attn = "plain" if self.device.type == "cpu" else "sdpa"
@@ -145,7 +146,6 @@ class Trainer:
         self.beta_rng = np.random.default_rng(cfg.seed)
         # data-parallel ranks share `gen` for the order and augment from their own stream
         self.aug_gen = torch.Generator(self.device) if self.dist.enabled else self.gen
-        self.normalize = Normalize(self.data.mean, self.data.std, self.device)
         self.loader = self._loader()
         self.epoch = 0  # epochs finished
         self.best_acc = 0.0
