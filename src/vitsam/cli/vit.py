@@ -142,7 +142,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.print_config:
                 print(to_json(cfg))
                 return 0
-            history = training.train(cfg, progress=not args.quiet)
+            from vitsam.vit.budget import process_started
+
+            # --time-budget is the whole command's: it counts from the process's start
+            history = training.train(cfg, progress=not args.quiet, started=process_started())
             out = cfg.out
     finally:
         distributed.shutdown()

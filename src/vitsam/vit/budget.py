@@ -6,16 +6,19 @@ than 3% before it. Early in a fresh run's first epoch the budget times a few doz
 training steps and one evaluation (and, when the last epoch's evaluation is heavier, one
 of those too) and fixes the run's length in training steps: whole epochs, then a last
 epoch cut short to fill what is left. After each epoch it refits the length to the
-epochs' real pace, longer or shorter; the learning-rate schedule follows from the next
-step. The recipe's figures are in docs/BENCHMARKS.md, `--time-budget`.
+epochs' real pace, longer or shorter, and rescales the last evaluations' extra time by
+how the epochs' evaluations ran against the timed one; the learning-rate schedule
+follows from the next step. The recipe's figures are in docs/BENCHMARKS.md, `--time-budget`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -32,6 +35,24 @@ MARGIN = 0.015
 PACE_EPOCHS = 3  # epochs whose median pace is the pace: one slow epoch does not cut a run
 EPS = 1e-9  # float rounding, in epochs or steps
 REFIT_LOGGED = 0.02  # a refit that moves the run's end by more than this share is logged
+
+
+def process_started(clock: Callable[[], float] = time.perf_counter) -> float:
+    """The `clock` reading (seconds) at which this process started, so that a budget given
+    on the command line counts the interpreter's start and the imports too (3-4 s on a
+    2-core CPU, before any of vitsam's code runs).
+
+    On Linux, the process's start from /proc/self/stat (field 22, clock ticks since boot)
+    against /proc/uptime; elsewhere, or where those cannot be read, the clock now.
+    """
+    now = clock()
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # fields[0] is field 3
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - max(0.0, uptime_s - started_s)
 
 
 def steps_that_fit(
@@ -112,6 +133,7 @@ class TimeBudget:
         self.final_images = final_images  # evaluated once more after the last (the test set)
         self.final_tta = final_tta  # the last evaluations alone with test-time augmentation
         self.final_s = 0.0  # the seconds the last evaluations take beyond an epoch's: spare
+        self._timed_eval_s = 0.0  # one evaluation's seconds as timed for the fit
         self.started = started
         self.dist = dist or distributed.Dist()  # one process unless told
         self.device = device or torch.device("cpu")  # where the ranks' timings are summed
@@ -172,6 +194,7 @@ class TimeBudget:
             last_per_image = seconds / n
         step_s, eval_s, last_per_image = self._rank_mean(step_s, eval_s, last_per_image)
         self.final_s = last_per_image * (self.test_images + self.final_images) - eval_s
+        self._timed_eval_s = eval_s
         elapsed = self.clock() - self.started + self.final_s
         budget_s = self.minutes * 60
         steps = budget_steps(budget_s, elapsed, steps_done, step_s, self.steps_per_epoch, eval_s)
@@ -242,12 +265,15 @@ class TimeBudget:
         schedule follows the new length from the next step, which moves the learning rate
         by about the share the run's end moved. The pace is the median of the last
         PACE_EPOCHS epochs' (fewer at first), so one slow epoch, as a shared machine has now
-        and then, keeps the run; a slowdown that lasts two epochs shortens it.
+        and then, keeps the run; a slowdown that lasts two epochs shortens it. The last
+        evaluations' extra seconds (`final_s`, timed at the fit) are scaled by that
+        median evaluation against the timed one: the machine that slowed the epochs'
+        evaluations slows the last ones too.
         """
         self._paces.append(tuple(self._rank_mean(step_s, eval_s)))  # the ranks': all alike
         step_s = statistics.median(p[0] for p in self._paces[-PACE_EPOCHS:])
         eval_s = statistics.median(p[1] for p in self._paces[-PACE_EPOCHS:])
-        elapsed = self.clock() - self.started + self.final_s
+        elapsed = self.clock() - self.started + self.final_seconds(eval_s)
         fits = steps + steps_that_fit(
             self.minutes * 60, elapsed, step_s, self.steps_per_epoch, eval_s
         )
@@ -265,6 +291,14 @@ class TimeBudget:
                 total_steps,
             )
         return fits
+
+    def final_seconds(self, eval_s: float) -> float:
+        """The seconds the last evaluations take beyond an epoch's, at the pace of
+        evaluations of `eval_s` seconds: `final_s` scaled by `eval_s` against the timed
+        evaluation (`final_s` itself when none was timed)."""
+        if self._timed_eval_s <= 0:
+            return self.final_s
+        return self.final_s * eval_s / self._timed_eval_s
 
     def _rank_mean(self, *values: float) -> list[float]:
         if not self.dist.enabled:

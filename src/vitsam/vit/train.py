@@ -99,11 +99,19 @@ class Trainer:
     """Holds one run's state; `run()` trains to cfg.epochs (cfg.max_steps, when set, cuts
     the last one short), resuming where it stopped."""
 
-    def __init__(self, cfg: TrainConfig, data: Data | None = None, progress: bool = False):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: Data | None = None,
+        progress: bool = False,
+        started: float | None = None,
+    ):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
-        self.started = time.perf_counter()  # a time budget counts from here, data loading included
+        # a time budget and wall_seconds count from here (time.perf_counter), data loading
+        # included: now, or the process's start when the command line gives it
+        self.started = time.perf_counter() if started is None else started
         seed_everything(cfg.seed)
         self.dist, self.device = distributed.setup(resolve_device(cfg.device))
         distributed.local_batch(cfg.batch_size, self.dist)  # the global batch must split
@@ -577,9 +585,12 @@ class Trainer:
         return self.history
 
 
-def train(cfg: TrainConfig, progress: bool = False, on_epoch_end=None) -> list[dict]:
-    """Train a fresh run into cfg.out; returns one metrics dict per epoch."""
-    return Trainer(cfg, progress=progress).run(on_epoch_end)
+def train(
+    cfg: TrainConfig, progress: bool = False, on_epoch_end=None, started: float | None = None
+) -> list[dict]:
+    """Train a fresh run into cfg.out; returns one metrics dict per epoch. `started` is the
+    time.perf_counter() reading a time budget counts from (default: now)."""
+    return Trainer(cfg, progress=progress, started=started).run(on_epoch_end)
 
 
 # Fields a resumed run may change: where and how fast it runs, and its length.
