@@ -14,10 +14,18 @@
 #
 # Each stage runs under its own time limit (STAGE_LIMIT_S, default 280 s) and a failing
 # stage does not stop the next. Logs, metrics and the summary go to $OUT (default
-# runs/gpu); checkpoints stay in runs/gpu-*. On this project's device tool:
+# runs/gpu); checkpoints stay in runs/$NAME-* (NAME=gpu). SPEEDRUN_MINUTES (1) and
+# SPEEDRUN_SEEDS ("0 1 2") set the speedrun stage; EXTRA adds flags to every training
+# command, so a recipe variant runs as, say,
+#   OUT=runs/gpu-bs512 NAME=bs512 SPEEDRUN_SEEDS=0 EXTRA="--batch-size 512" bash scripts/gpu_check.sh speedrun
+#
+# On this project's device tool, which brings back at most 8 files from its $OUT, write
+# elsewhere and bring one archive back (a 1-minute run takes about 62 s there, 22-25 s of
+# it before the first step):
 #
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
-#   run(command="bash scripts/gpu_check.sh speedrun fast bench", carry=[".data"], timeout_s=600)
+#   run(command='R=$OUT; OUT=/tmp/gc bash scripts/gpu_check.sh speedrun bench;
+#       tar czf $R/gc.tgz -C /tmp gc -C $PWD --exclude="*.pt" runs', carry=[".data"], timeout_s=600)
 #
 # Rehearse it on a CPU with tiny settings:
 #   EXTRA="--epochs 1 --train-subset 512 --test-subset 256 --device cpu" BENCH_EXTRA="--device cpu --steps 1 --warmup 1 --skip-timm" bash scripts/gpu_check.sh
@@ -34,7 +42,8 @@ mkdir -p "$OUT"
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(speedrun fast seed best bench bf16)
 SPEEDRUN_MINUTES=${SPEEDRUN_MINUTES:-1}
-SPEEDRUN_SEEDS=(0 1 2)
+read -ra SPEEDRUN_SEEDS <<<"${SPEEDRUN_SEEDS:-0 1 2}"
+NAME=${NAME:-gpu}  # the run folders: runs/$NAME-<stage>, runs/$NAME-speedrun-<seed>
 
 {
   date -u
@@ -46,24 +55,24 @@ for stage in "${stages[@]}"; do
   echo "== $stage (limit ${LIMIT}s)"
   case $stage in
   fast | seed | best)
-    rm -rf "runs/gpu-$stage"
+    rm -rf "runs/$NAME-$stage"
     # shellcheck disable=SC2086  # EXTRA is a list of flags
     timeout "$LIMIT" $PY -m vitsam train --preset "$stage" --dataset "$DATA" --quiet \
-      --out "runs/gpu-$stage" $EXTRA 2>&1 | tee "$OUT/$stage.log"
+      --out "runs/$NAME-$stage" $EXTRA 2>&1 | tee "$OUT/$stage.log"
     echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/$stage.log"
-    cp "runs/gpu-$stage/metrics.jsonl" "$OUT/$stage.metrics.jsonl" 2>/dev/null
+    cp "runs/$NAME-$stage/metrics.jsonl" "$OUT/$stage.metrics.jsonl" 2>/dev/null
     ;;
   speedrun)  # three seeds of one minute each, whole command timed
     for seed in "${SPEEDRUN_SEEDS[@]}"; do
-      rm -rf "runs/gpu-speedrun-$seed"
+      rm -rf "runs/$NAME-speedrun-$seed"
       start=$(date +%s.%N)
       # shellcheck disable=SC2086
       timeout "$LIMIT" $PY -m vitsam train --preset speedrun --time-budget "$SPEEDRUN_MINUTES" \
-        --seed "$seed" --dataset "$DATA" --quiet --out "runs/gpu-speedrun-$seed" $EXTRA 2>&1 |
+        --seed "$seed" --dataset "$DATA" --quiet --out "runs/$NAME-speedrun-$seed" $EXTRA 2>&1 |
         tee "$OUT/speedrun-$seed.log"
       echo "exit ${PIPESTATUS[0]}, whole command $($PY -c "print(round($(date +%s.%N) - $start, 1))") s" |
         tee -a "$OUT/speedrun-$seed.log"
-      cp "runs/gpu-speedrun-$seed/metrics.jsonl" "$OUT/speedrun-$seed.metrics.jsonl" 2>/dev/null
+      cp "runs/$NAME-speedrun-$seed/metrics.jsonl" "$OUT/speedrun-$seed.metrics.jsonl" 2>/dev/null
     done
     ;;
   bench)
@@ -85,10 +94,10 @@ done
 
 runs=()
 for stage in "${stages[@]}"; do
-  [[ $stage =~ ^(fast|seed|best)$ && -s runs/gpu-$stage/metrics.jsonl ]] && runs+=("runs/gpu-$stage")
+  [[ $stage =~ ^(fast|seed|best)$ && -s runs/$NAME-$stage/metrics.jsonl ]] && runs+=("runs/$NAME-$stage")
   if [ "$stage" = speedrun ]; then
     for seed in "${SPEEDRUN_SEEDS[@]}"; do
-      [ -s "runs/gpu-speedrun-$seed/metrics.jsonl" ] && runs+=("runs/gpu-speedrun-$seed")
+      [ -s "runs/$NAME-speedrun-$seed/metrics.jsonl" ] && runs+=("runs/$NAME-speedrun-$seed")
     done
   fi
 done
