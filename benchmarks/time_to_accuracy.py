@@ -123,7 +123,7 @@ def plot(runs: list[Path], target: float, path: Path, title: str, anchors: bool 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for run in runs:
         rows = read_rows(run)
         key = per_epoch_key(rows)
@@ -142,7 +142,7 @@ def plot(runs: list[Path], target: float, path: Path, title: str, anchors: bool 
     ax.set(xlabel="wall-clock minutes (data loading, training, evaluation)",
            ylabel="test accuracy", title=title)  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left" if anchors else "best", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)  # beside the curves
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -217,7 +217,9 @@ def main() -> None:
             f"| {reached} | {g['wall_s'] / 60:.1f} |"
         )
     if args.plot:
-        title = f"CIFAR-10 accuracy against time\n{cpu}"
+        title = "CIFAR-10 accuracy against time"
+        if not args.runs:  # all trained here, by --train; given runs may come from elsewhere
+            title += f"\n{cpu}"
         plot(runs, args.target, args.plot, title, anchors=args.anchors)
         print(f"\nplot: {args.plot}")
 

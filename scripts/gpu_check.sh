@@ -64,15 +64,15 @@ for stage in "${stages[@]}"; do
     ;;
   speedrun)  # three seeds of one minute each, whole command timed
     for seed in "${SPEEDRUN_SEEDS[@]}"; do
-      rm -rf "runs/$NAME-speedrun-$seed"
+      rm -rf "runs/$NAME-speedrun-seed$seed"
       start=$(date +%s.%N)
       # shellcheck disable=SC2086
       timeout "$LIMIT" $PY -m vitsam train --preset speedrun --time-budget "$SPEEDRUN_MINUTES" \
-        --seed "$seed" --dataset "$DATA" --quiet --out "runs/$NAME-speedrun-$seed" $EXTRA 2>&1 |
+        --seed "$seed" --dataset "$DATA" --quiet --out "runs/$NAME-speedrun-seed$seed" $EXTRA 2>&1 |
         tee "$OUT/speedrun-$seed.log"
       echo "exit ${PIPESTATUS[0]}, whole command $($PY -c "print(round($(date +%s.%N) - $start, 1))") s" |
         tee -a "$OUT/speedrun-$seed.log"
-      cp "runs/$NAME-speedrun-$seed/metrics.jsonl" "$OUT/speedrun-$seed.metrics.jsonl" 2>/dev/null
+      cp "runs/$NAME-speedrun-seed$seed/metrics.jsonl" "$OUT/speedrun-$seed.metrics.jsonl" 2>/dev/null
     done
     ;;
   bench)
@@ -97,7 +97,7 @@ for stage in "${stages[@]}"; do
   [[ $stage =~ ^(fast|seed|best)$ && -s runs/$NAME-$stage/metrics.jsonl ]] && runs+=("runs/$NAME-$stage")
   if [ "$stage" = speedrun ]; then
     for seed in "${SPEEDRUN_SEEDS[@]}"; do
-      [ -s "runs/$NAME-speedrun-$seed/metrics.jsonl" ] && runs+=("runs/$NAME-speedrun-$seed")
+      [ -s "runs/$NAME-speedrun-seed$seed/metrics.jsonl" ] && runs+=("runs/$NAME-speedrun-seed$seed")
     done
   fi
 done

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,9 @@ def device(request) -> torch.device:
 
 
 def pytest_configure(config):
+    # Decoded copies of archives (vitsam.vit.data.load_archive) go to a folder of this run,
+    # not the user's ~/.cache; subprocesses inherit it.
+    os.environ["VITSAM_DATA"] = tempfile.mkdtemp(prefix="vitsam-test-data-")
     config.addinivalue_line(
         "markers", "models: runs a model (training steps, a detector, segmenter or tracker)"
     )
@@ -45,6 +50,10 @@ def pytest_configure(config):
     if chosen != "auto":  # through the environment, so subprocesses (torchrun, Ray) follow
         os.environ[devices.BF16_ENV] = "1" if chosen == "bf16" else "0"
         devices.cpu_bf16_support.cache_clear()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.get("VITSAM_DATA", ""), ignore_errors=True)
 
 
 def pytest_report_header(config):
@@ -123,7 +132,10 @@ def edge_models(tmp_path_factory):
     from tests import seg_models
 
     root = tmp_path_factory.mktemp("edge-models")
-    return {name: str(getattr(seg_models, name)(root / name)) for name in ("omdet_turbo", "edgetam_video")}
+    return {
+        name: str(getattr(seg_models, name)(root / name))
+        for name in ("omdet_turbo", "edgetam_video")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
+import os
 import tarfile
 
 import pytest
 import torch
 
 from vitsam.errors import VitsamError
-from vitsam.vit.data import load_dataset, make_shapes
+from vitsam.vit import data
+from vitsam.vit.data import decoded_cache_path, load_dataset, make_shapes
 
 
 def test_image_folder_loads_any_size_and_mode(image_folder):
@@ -33,6 +35,50 @@ def test_tar_archive_is_an_image_folder(image_folder, tmp_path):
         tar.add(image_folder, arcname="mydata")
     train, test = load_dataset(str(archive), image_size=16)
     assert len(train) == 18 and len(test) == 9
+
+
+def _archive(folder, path):
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="mydata")
+    return path
+
+
+def test_an_archive_is_decoded_once_and_kept_decoded(image_folder, tmp_path, monkeypatch):
+    (image_folder / "train" / "bee" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    archive, cache = _archive(image_folder, tmp_path / "data.tar.gz"), tmp_path / "cache"
+    train, test = load_dataset(str(archive), cache, image_size=16)
+    kept = decoded_cache_path(archive, 16, cache)
+    assert kept.is_file() and kept.parent == cache / "decoded"
+
+    decodes = []
+    monkeypatch.setattr(data, "load_image_folder", lambda *a: decodes.append(a) or (train, test))
+    again, again_test = load_dataset(str(archive), cache, image_size=16)
+    assert not decodes  # read back, not decoded
+    assert torch.equal(again.images, train.images) and torch.equal(again_test.labels, test.labels)
+    assert again.classes == ["ant", "bee", "cow"] and any("broken.png" in s for s in again.skipped)
+
+    load_dataset(str(archive), cache, image_size=24)  # another size is another copy
+    os.utime(archive, ns=(1, 1))  # a changed archive is decoded again
+    load_dataset(str(archive), cache, image_size=16)
+    assert len(decodes) == 2 and decoded_cache_path(archive, 16, cache) != kept
+
+
+def test_a_broken_or_unwritable_decoded_copy_costs_a_decode_not_the_run(
+    image_folder, tmp_path, caplog
+):
+    archive, cache = _archive(image_folder, tmp_path / "data.tar"), tmp_path / "cache"
+    train, _ = load_dataset(str(archive), cache, image_size=16)
+    kept = decoded_cache_path(archive, 16, cache)
+    kept.write_bytes(kept.read_bytes()[:100])  # truncated, as a full disk or a kill leaves it
+    again, _ = load_dataset(str(archive), cache, image_size=16)
+    assert torch.equal(again.images, train.images) and "is unreadable" in caplog.text
+    assert load_dataset(str(archive), cache, image_size=16)[0].images.shape == (18, 3, 16, 16)
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    third, _ = load_dataset(str(archive), blocked, image_size=16)
+    assert torch.equal(third.images, train.images)
+    assert "could not keep a decoded copy" in caplog.text
 
 
 def test_val_split_stands_in_for_test(image_folder):

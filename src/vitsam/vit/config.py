@@ -69,7 +69,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # data
     dataset: str = "cifar10"  # cifar10|cifar100|mnist|fashion-mnist|shapes|PATH (folder or .tar.gz)
-    data_dir: str = ""  # where torchvision datasets live; "" = $VITSAM_DATA or ~/.cache/vitsam
+    data_dir: str = ""  # torchvision sets and decoded archives; "" = $VITSAM_DATA or ~/.cache
     train_subset: int = 0  # use only this many training images (0 = all), class-balanced
     val_split: int = 0  # hold out this many training images to evaluate on (0 = test set)
     test_subset: int = 0  # likewise for the test set
