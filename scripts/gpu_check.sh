@@ -84,6 +84,11 @@ for stage in "${stages[@]}"; do
       timeout "$LIMIT" $PY -m pytest tests/test_precision.py --device cuda -q -p no:cacheprovider \
         2>&1 | tee "$OUT/bf16_agreement.log"
     else
+      # With no registry there (the device tool's H200), carry wheels in a call of their own,
+      # without .data (64 MiB a call): pycocotools 2.0.11, av 19.0.2 and transformers 5.24.0
+      # for Python 3.12 come to 49 MB (pip download --no-deps --only-binary=:all:
+      # --python-version 3.12 --platform manylinux_2_28_x86_64 ... -d .whl), then
+      # pip install --no-index --no-deps --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site.
       echo "bf16: skipped, the seg extra is not installed here (pip install -e '.[seg,video]' pytest)" |
         tee "$OUT/bf16_agreement.log"
     fi
