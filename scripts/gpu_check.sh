@@ -43,7 +43,7 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(speedrun fast seed best bench bf16)
 SPEEDRUN_MINUTES=${SPEEDRUN_MINUTES:-1}
 read -ra SPEEDRUN_SEEDS <<<"${SPEEDRUN_SEEDS:-0 1 2}"
-NAME=${NAME:-gpu}  # the run folders: runs/$NAME-<stage>, runs/$NAME-speedrun-<seed>
+NAME=${NAME:-gpu}  # the run folders: runs/$NAME-<stage>, runs/$NAME-speedrun-seed<N>
 
 {
   date -u

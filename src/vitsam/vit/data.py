@@ -111,11 +111,12 @@ def load_dataset(
     """(train, test) for a dataset name or an image-folder path (folder or .tar/.tar.gz)."""
     if name == "shapes":
         return _shapes()
+    root = Path(data_dir) if data_dir else default_data_dir()
     if name in TORCHVISION:
-        return load_torchvision(name, Path(data_dir) if data_dir else default_data_dir())
+        return load_torchvision(name, root)
     path = Path(name)
     if path.is_file():
-        return load_archive(path, image_size, Path(data_dir) if data_dir else default_data_dir())
+        return load_archive(path, image_size, root)
     if path.exists():
         return load_image_folder(path, image_size)
     known = ", ".join([*TORCHVISION, "shapes"])
